@@ -1,0 +1,62 @@
+"""The Engine protocol shared by every sampling backend.
+
+An engine continues arbitrary token prefixes. Policy rollouts are continuations of prompts; VinePPO's Monte Carlo
+rollouts are continuations of prompt + partial response. Both go through `Engine.generate`, so the MC value
+estimates always use the current policy and the same sampling settings as the training rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. `temperature == 0` means greedy decoding (top_p is then ignored)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prefix.
+
+    token_ids: the generated tokens; ends with eos when finish_reason == "stop".
+    logprobs: log-prob of each generated token under the policy's temperature-scaled distribution
+        softmax(logits / T) (T = 1 for greedy), before top-p truncation: the same quantity the trainer's
+        forward pass recomputes.
+    finish_reason: "stop" (emitted eos) or "length" (hit max_new_tokens).
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: Literal["stop", "length"]
+
+
+ProgressCallback = Callable[[int], None]
+"""Called with the number of prefixes just finished, so callers can advance a progress bar."""
+
+
+class Engine(Protocol):
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
+
+        The shared prefix is computed once and its KV cache expanded to the n samples.
+        """
+        ...

@@ -1,0 +1,37 @@
+"""What a task is: problems with prompts and gold solutions, and a grader that turns a response into a reward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem. `prompt` is the exact text the model is conditioned on; `solution` is a gold response
+    (one reasoning step per line, then the final answer line) used for SFT; `answer` is the gold final answer."""
+
+    id: str
+    prompt: str
+    solution: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Grade:
+    """reward in [0, 1]; parsed is False when no final answer could be extracted (reward is then 0)."""
+
+    reward: float
+    parsed: bool
+
+
+class Task(Protocol):
+    name: str
+
+    def train_problems(self) -> list[Problem]: ...
+
+    def test_problems(self) -> list[Problem]: ...
+
+    def grade(self, problem: Problem, response: str) -> Grade:
+        """Grade the response text (without eos). Must never execute model output."""
+        ...
