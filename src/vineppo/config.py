@@ -1,0 +1,243 @@
+"""The typed config tree: defaults, YAML files, dotted command-line overrides and validation.
+
+The defaults of these classes *are* the quickstart (`configs/quickstart.yaml` spells them out). Every key is
+checked before any work starts: unknown keys, wrong types and impossible values raise `ConfigError` with a message
+naming the dotted key and what was expected.
+
+Where a default departs from the paper's GPU setup (../shared/PAPER-NOTES.md section 2) the field says why; the
+paper's own values live in `configs/paper/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    """Shape of the built-in tiny Llama (model.path == "tiny")."""
+
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_position_embeddings: int = Field(128, ge=16)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class SFTConfig(_Section):
+    """Supervised warm start of the tiny model on gold solutions (cached by config hash)."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    path: str = Field("tiny", min_length=1)
+    """"tiny": the built-in tiny Llama, SFT-trained on the task first (or reused from the cache);
+    otherwise a Hugging Face hub id or a local model directory."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    """"auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ..."""
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+    sft: SFTConfig = SFTConfig()
+
+
+class ArithmeticConfig(_Section):
+    """Difficulty knobs of the built-in arithmetic task (see vineppo.tasks.arithmetic)."""
+
+    num_ops: int = Field(5, ge=1, le=20)
+    max_operand: int = Field(9, ge=1, le=9)
+    operators: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$")
+    train_size: int = Field(20000, ge=1)
+    test_size: int = Field(256, ge=1)
+    seed: int = 1234
+
+
+class TaskConfig(_Section):
+    name: Literal["arithmetic"] = "arithmetic"
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+
+
+class EngineConfig(_Section):
+    """Sampling settings shared by the training rollouts and VinePPO's MC rollouts (as in the paper)."""
+
+    name: Literal["hf"] = "hf"
+    temperature: float = Field(0.6, gt=0)
+    """Paper: 0.6 for training rollouts and MC rollouts alike."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(48, ge=1)
+    """Paper: 1024 tokens; the arithmetic task's solutions are about 30 characters."""
+    batch_size: int = Field(512, ge=1)
+    """Most sequences (prefixes x samples) decoded together in one forward pass."""
+
+
+class AlgoConfig(_Section):
+    name: Literal["vineppo"] = "vineppo"
+    k: int = Field(9, ge=1)
+    """MC rollouts per step boundary (paper: 9)."""
+    max_value_steps: int | None = Field(25, ge=1)
+    """Cap on the step boundaries whose value is estimated; later steps are merged into the last one
+    (paper: 25 on GSM8K, none on MATH). None estimates every boundary."""
+    whiten_advantages: bool = True
+    clip_range: float = Field(0.2, gt=0)
+    kl_coef: float = Field(1e-4, ge=0)
+    """Paper: 1e-4 (k3, in the loss)."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(30, ge=1)
+    prompts_per_iteration: int = Field(32, ge=1)
+    """Paper: 64 prompts x 8 samples = 512 episodes per iteration."""
+    samples_per_prompt: int = Field(4, ge=1)
+    mini_batch_size: int = Field(64, ge=1)
+    """Episodes per optimizer step (paper: 64)."""
+    micro_batch_size: int = Field(64, ge=1)
+    """Episodes per forward/backward pass; gradients are accumulated over the mini-batch."""
+    epochs: int = Field(2, ge=1)
+    """PPO epochs over each iteration's episodes (paper: 2)."""
+    lr: float = Field(1e-4, gt=0)
+    """Paper: 1e-6 for 1.1B-7B models; a 0.5M-parameter model needs a larger step."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(5, ge=1)
+    """Greedy test accuracy every N iterations (and before the first and after the last)."""
+    checkpoint_every: int = Field(5, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "TrainConfig":
+        episodes = self.prompts_per_iteration * self.samples_per_prompt
+        if episodes % self.mini_batch_size:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) must divide the episodes per iteration "
+                f"(prompts_per_iteration x samples_per_prompt = {episodes})"
+            )
+        if self.mini_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide mini_batch_size ({self.mini_batch_size})"
+            )
+        return self
+
+
+class LoggingConfig(_Section):
+    run_dir: str | None = None
+    """Where the run writes; default runs/<timestamp>."""
+    tensorboard: bool = True
+    progress: bool = True
+    """Rich progress bars with ETA (drawn on stderr)."""
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    engine: EngineConfig = EngineConfig()
+    algo: AlgoConfig = AlgoConfig()
+    train: TrainConfig = TrainConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            got = e.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: {key}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. algo.k=9")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}': empty key segment in '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def _check_override_key(parts: list[str]) -> None:
+    """Reject an override whose key is not in the schema, naming the first unknown segment."""
+    model: type[BaseModel] | None = Config
+    for depth, part in enumerate(parts):
+        if model is None or part not in model.model_fields:
+            raise ConfigError(f"override: unknown key '{'.'.join(parts[: depth + 1])}'")
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _set_dotted(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then each `key.sub=value` override in order."""
+    tree: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides or []:
+        parts, value = _parse_override(text)
+        _check_override_key(parts)
+        _set_dotted(tree, parts, value)
+    if overrides:
+        source = f"{source} (with overrides)"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
