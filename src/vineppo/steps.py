@@ -1,0 +1,64 @@
+"""Cut a response into reasoning steps, as token offsets.
+
+The paper splits GSM8K responses at newlines (PAPER-NOTES 2.7): a step is a line together with the newline that
+ends it; blank lines are merged into the step before them (leading ones into the first step), and
+the final answer line is a step of its own here (the paper merges "#### N" into the last step for GSM8K).
+Splitting works on characters and then maps back to tokens: a step starts at the token that holds the step's
+first character, so a token that straddles a line break (".\nSo") opens the new step, two steps that begin inside
+one token merge, and tokens that decode to nothing (eos) stay in the step in progress. (The official code assigns
+a token to the step of its *first* character instead; that splits "\nSo" from " 3".)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _line_starts(text: str) -> list[int]:
+    """Character offsets where each step starts: just after the last newline that precedes a line with content.
+
+    A step is thus a line plus any blank lines after it; leading blank lines belong to the first step.
+    """
+    starts = [0]
+    seen_content = False
+    newline_after_content: int | None = None  # offset just past the latest newline since the last content
+    for pos, char in enumerate(text):
+        if char == "\n":
+            if seen_content:
+                newline_after_content = pos + 1
+        elif not char.isspace():
+            if newline_after_content is not None:
+                starts.append(newline_after_content)
+                newline_after_content = None
+            seen_content = True
+    return starts
+
+
+def split_steps(token_texts: Sequence[str], max_steps: int | None = None) -> list[int]:
+    """Token offsets at which each step starts: step i is tokens[starts[i]:starts[i+1]] (the last runs to the end).
+
+    `token_texts[t]` is the text of token t (empty for special tokens); their concatenation is the response.
+    The result starts with 0, is strictly increasing and every offset is < len(token_texts), so every step holds
+    at least one token; an empty response gives [0] (one empty step). With `max_steps`, steps after the first
+    `max_steps` are merged into the last kept one.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+    text = "".join(token_texts)
+    starts = [0]
+    token, token_end = 0, len(token_texts[0]) if token_texts else 0
+    for char_start in _line_starts(text)[1:]:
+        while token_end <= char_start:  # find the token holding the step's first character
+            token += 1
+            token_end += len(token_texts[token])
+        if token > starts[-1]:
+            starts.append(token)
+    if max_steps is not None:
+        starts = starts[:max_steps]
+    return starts
+
+
+def step_spans(starts: Sequence[int], num_tokens: int) -> list[tuple[int, int]]:
+    """[(begin, end)) token ranges of the steps given by `split_steps`."""
+    ends = list(starts[1:]) + [num_tokens]
+    return list(zip(starts, ends))

@@ -1,0 +1,128 @@
+"""The PPO update over one iteration's episodes: old/reference log-probs, whitening, epochs of mini-batches.
+
+Old log-probs are recomputed by the trainer's own forward pass (not taken from the sampler), so the importance
+ratio starts at exactly 1; the gap to the sampler's log-probs is logged. Log-probs use logits / T with the
+sampling temperature T, as the official code does (PAPER-NOTES 2.4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn.utils import clip_grad_norm_
+
+from vineppo.config import AlgoConfig, TrainConfig
+from vineppo.episodes import Episode, TokenBatch, collate
+from vineppo.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, whiten
+
+
+@dataclass
+class PreparedBatch:
+    """A micro-batch on the device with everything the loss needs except the current policy's log-probs."""
+
+    tokens: TokenBatch
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+
+
+def forward_logprobs(model, tokens: TokenBatch, temperature: float, with_entropy: bool = False):
+    logits = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits[:, :-1]
+    logp = token_logprobs(logits, tokens.input_ids[:, 1:], temperature)
+    if not with_entropy:
+        return logp
+    with torch.no_grad():
+        entropy = entropy_from_logits(logits, temperature)
+    return logp, entropy
+
+
+def _micro_batches(episodes: list[Episode], size: int) -> list[list[Episode]]:
+    return [episodes[i : i + size] for i in range(0, len(episodes), size)]
+
+
+@torch.no_grad()
+def prepare(
+    policy, reference, episodes: list[Episode], pad_id: int, micro_batch_size: int, temperature: float,
+    whiten_advantages: bool, device: torch.device,
+) -> tuple[list[PreparedBatch], dict[str, float]]:
+    """Collate micro-batches, compute old and reference log-probs, and whiten advantages over the iteration."""
+    was_training = policy.training
+    policy.eval()
+    batches, gap_sum, tokens_total = [], 0.0, 0.0
+    for group in _micro_batches(episodes, micro_batch_size):
+        tokens = collate(group, pad_id).to(device)
+        old_logp = forward_logprobs(policy, tokens, temperature)
+        ref_logp = forward_logprobs(reference, tokens, temperature)
+        sample_logp = collate_sample_logprobs(group, tokens.response_mask.shape).to(device)
+        gap_sum += ((old_logp - sample_logp).abs() * tokens.response_mask).sum().item()
+        tokens_total += tokens.response_mask.sum().item()
+        batches.append(PreparedBatch(tokens, old_logp, ref_logp))
+    policy.train(was_training)
+    if whiten_advantages:
+        _whiten_across(batches)
+    return batches, {"logprob_gap/sampler_vs_trainer": gap_sum / max(tokens_total, 1.0)}
+
+
+def collate_sample_logprobs(episodes: list[Episode], shape: torch.Size) -> torch.Tensor:
+    out = torch.zeros(shape)
+    for row, episode in enumerate(episodes):
+        first = len(episode.prompt_ids) - 1
+        out[row, first : first + len(episode.sample_logprobs)] = torch.tensor(episode.sample_logprobs)
+    return out
+
+
+def _whiten_across(batches: list[PreparedBatch]) -> None:
+    """Whiten advantages over every response token of the iteration (the official code whitens per
+    mini-batch; with one mini-batch per iteration, as in the quickstart, the two agree)."""
+    flat_adv = torch.cat([b.tokens.advantages.flatten() for b in batches])
+    flat_mask = torch.cat([b.tokens.response_mask.flatten() for b in batches])
+    white = whiten(flat_adv, flat_mask)
+    offset = 0
+    for b in batches:
+        n = b.tokens.advantages.numel()
+        b.tokens.advantages = white[offset : offset + n].view_as(b.tokens.advantages)
+        offset += n
+
+
+def ppo_update(
+    policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
+    temperature: float, generator: torch.Generator, on_step=None,
+) -> dict[str, float]:
+    """`train.epochs` passes over the micro-batches in shuffled order, one optimizer step per mini-batch."""
+    per_step = train.mini_batch_size // train.micro_batch_size
+    sums: dict[str, float] = {}
+    steps = 0
+    policy.train()
+    for _ in range(train.epochs):
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        for first in range(0, len(order), per_step):
+            group = [batches[i] for i in order[first : first + per_step]]
+            num_tokens = sum(b.tokens.response_mask.sum().item() for b in group)
+            optimizer.zero_grad(set_to_none=True)
+            step_stats: dict[str, float] = {}
+            for b in group:
+                logp, entropy = forward_logprobs(policy, b.tokens, temperature, with_entropy=True)
+                out = ppo_policy_loss(
+                    logp, b.old_logp, b.ref_logp, b.tokens.advantages, b.tokens.response_mask, num_tokens,
+                    algo.clip_range, algo.kl_coef, algo.kl_estimator,
+                )
+                out.loss.backward()
+                mask = b.tokens.response_mask
+                for name, value in (
+                    ("loss/policy", out.pg_loss), ("loss/kl", out.kl), ("loss/clipfrac", out.clip_fraction),
+                    ("loss/approx_kl", out.approx_kl),
+                    ("policy/entropy", (entropy * mask).sum() / num_tokens),
+                ):
+                    step_stats[name] = step_stats.get(name, 0.0) + float(value)
+            grad_norm = clip_grad_norm_(policy.parameters(), train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step_stats["loss/grad_norm"] = float(grad_norm)
+            for name, value in step_stats.items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+            if on_step is not None:
+                on_step()
+    stats = {name: value / steps for name, value in sums.items()}
+    stats["train/lr"] = scheduler.get_last_lr()[0]
+    return stats

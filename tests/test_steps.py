@@ -1,0 +1,52 @@
+from vineppo.steps import split_steps, step_spans
+
+
+def chars(text):
+    return list(text)
+
+
+def test_one_step_per_line_char_tokens():
+    text = "5+3=8\n8*4=2\n#2"
+    assert split_steps(chars(text)) == [0, 6, 12]
+
+
+def test_blank_lines_join_the_step_before_and_leading_blanks_the_first():
+    assert split_steps(chars("\n\na\n\n\nb\n")) == [0, 6]
+
+
+def test_no_newline_and_empty_response():
+    assert split_steps(chars("abc")) == [0]
+    assert split_steps([]) == [0]
+    assert split_steps(["", ""]) == [0]
+
+
+def test_truncated_response_and_trailing_eos():
+    # a response cut mid-line, and one ending with an eos token that decodes to ""
+    assert split_steps(chars("1+1=2\n2+")) == [0, 6]
+    assert split_steps(chars("1+1=2\n#2") + [""]) == [0, 6]
+
+
+def test_a_step_starts_at_the_token_holding_its_first_character():
+    tokens = ["Step one.\n", "Then", " two", ".\n", "\nSo", " 3"]
+    # text: "Step one.\nThen two.\n\nSo 3"; steps start at chars 10 ("Then") and 21 ("So"), which is in token 4
+    assert split_steps(tokens) == [0, 1, 4]
+    # two steps starting inside one token merge
+    assert split_steps(["a", "\nb\nc", "d"]) == [0, 1]
+    assert split_steps(["a\n", "b\n", "c"]) == [0, 1, 2]
+
+
+def test_cap_merges_later_steps_into_the_last_kept_one():
+    text = "a\nb\nc\nd\n"
+    assert split_steps(chars(text)) == [0, 2, 4, 6]
+    assert split_steps(chars(text), max_steps=2) == [0, 2]
+    assert step_spans([0, 2], 8) == [(0, 2), (2, 8)]
+
+
+def test_steps_cover_the_response_and_rejoin_to_it():
+    tokens = ["x", "=", "1", "\n", "\n", "y", "\n", "#", "1", ""]
+    starts = split_steps(tokens)
+    spans = step_spans(starts, len(tokens))
+    assert spans[0][0] == 0 and spans[-1][1] == len(tokens)
+    assert all(a < b for a, b in spans)
+    assert "".join("".join(tokens[a:b]) for a, b in spans) == "".join(tokens)
+    assert ["".join(tokens[a:b]) for a, b in spans] == ["x=1\n\n", "y\n", "#1"]
