@@ -74,10 +74,12 @@ def vine_credit(
     max_value_steps: int | None,
     generator: torch.Generator | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
 ) -> VineStats:
     """Fill `step_starts`, `step_values` and `advantages` of every episode. Returns rollout statistics.
 
     `decode(ids)` gives the text of token ids without special tokens (the grader sees the response text).
+    `on_total(n)` is told the number of unique states once known; `on_progress(k)` as states finish.
     """
     token_texts = TokenTexts(decode)
     states: dict[tuple[int, ...], int] = {}  # unique prefix -> request index
@@ -90,6 +92,8 @@ def vine_credit(
                 states[key] = len(requests)
                 requests.append((episode, start))
 
+    if on_total is not None:
+        on_total(len(requests))
     completions = engine.generate(list(states), k, params, generator=generator, on_progress=on_progress)
 
     values: list[float] = []

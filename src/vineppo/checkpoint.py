@@ -1,0 +1,98 @@
+"""Atomic checkpoints of a training run, and resuming from the newest complete one.
+
+A checkpoint is a directory `checkpoints/iter_NNNNNN/` holding
+  policy/            an ordinary Hugging Face model directory (safetensors) with its tokenizer
+  trainer_state.pt   optimizer, scheduler, RNG states (python, numpy, torch) and the iteration, which is also
+                     the data position (iteration i always draws the prompts seeded by (seed, i))
+It is written under a temporary name and renamed into place, and `checkpoints/latest` (a one-line file, itself
+replaced atomically) names the newest one, so a run killed at any moment leaves the last good checkpoint.
+`trainer_state.pt` is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+POLICY_DIR = "policy"
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    """Every RNG state, as types that `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Resumed:
+    iteration: int  # the number of completed iterations
+    policy_dir: Path
+    state: dict
+
+
+def save_checkpoint(run_dir: Path, iteration: int, policy, tokenizer, optimizer, scheduler, keep: int) -> Path:
+    """Write checkpoint `iteration` (the number of completed iterations) atomically; keep the newest `keep`."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"iter_{iteration:06d}"
+    tmp = root / f".iter_{iteration:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / POLICY_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(tmp / POLICY_DIR)
+    torch.save(
+        {
+            "iteration": iteration,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+        },
+        tmp / STATE_FILE,
+    )
+    if final.exists():  # a re-run of the same iteration after a resume
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_atomic_text(root / "latest", final.name + "\n")
+    for old in sorted(p for p in root.glob("iter_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(run_dir: Path) -> Resumed | None:
+    """The newest complete checkpoint of a run, or None if it has none."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{pointer} names {path.name}, but {state_file} is missing")
+    state = torch.load(state_file, weights_only=True)
+    return Resumed(iteration=int(state["iteration"]), policy_dir=path / POLICY_DIR, state=state)

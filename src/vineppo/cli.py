@@ -1,0 +1,171 @@
+"""Command-line entry points: `vineppo train`, `vineppo sft`, `vineppo eval`.
+
+Errors a user can fix (a bad config, a missing model or run directory) print one line and exit with code 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from transformers.utils import logging as transformers_logging
+
+from vineppo.config import Config, ConfigError, load_config
+from vineppo.models import ModelLoadError
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """An error in what the user supplied; printed as one line."""
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (default: the built-in quickstart config)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.k=9 train.iterations=20")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vineppo", description="VinePPO RL fine-tuning of language models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="SFT warm start (tiny model) + RL training; writes a run directory")
+    _add_config_args(train)
+    train.add_argument("--run-dir", help="where to write the run (default runs/<timestamp>)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+
+    sft = sub.add_parser("sft", help="train (or reuse) the SFT warm start of the built-in tiny model")
+    _add_config_args(sft)
+
+    ev = sub.add_parser("eval", help="greedy test accuracy of a model directory on a task")
+    _add_config_args(ev)
+    ev.add_argument("--model", required=True, help="model directory or hub id")
+    ev.add_argument("--task", help="task name (default: task.name of the config)")
+    ev.add_argument("--output", help="write the metrics as JSON here")
+    return parser
+
+
+def _prepare_run_dir(path: Path) -> Path:
+    """Create the run directory and prove it is writable before any work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"run directory {path} is not writable: {exc.strerror or exc}") from None
+    return path
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    from vineppo.trainer import CONFIG_FILE, Trainer
+
+    started = time.perf_counter()
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / CONFIG_FILE
+        if not saved.is_file():
+            raise UsageError(f"--resume {run_dir}: no {CONFIG_FILE} there (is it a vineppo run directory?)")
+        if args.config:
+            raise UsageError("--resume uses the run's own config.yaml; pass overrides, not --config")
+        cfg = load_config(saved, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        default_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
+    _prepare_run_dir(run_dir)
+    console.print(f"run directory: {run_dir}")
+    summary = Trainer(cfg, run_dir, console, resume=bool(args.resume)).train()
+    minutes = (time.perf_counter() - started) / 60
+    start = "n/a (resumed)" if summary.initial_accuracy is None else f"{summary.initial_accuracy:.1%}"
+    gain = (
+        "" if summary.initial_accuracy is None
+        else f" ({100 * (summary.final_accuracy - summary.initial_accuracy):+.1f} points)"
+    )
+    console.print(
+        f"vineppo train: greedy test accuracy {start} before RL -> {summary.final_accuracy:.1%} after "
+        f"{summary.iterations} iterations{gain}, seed {cfg.train.seed}, {minutes:.1f} min in all; run in {run_dir}"
+    )
+
+
+def _tiny_sft(cfg: Config, console: Console) -> Path:
+    from vineppo.sft import ensure_sft_model
+
+    if cfg.model.path != "tiny":
+        raise UsageError(f"vineppo sft trains the built-in tiny model; model.path is '{cfg.model.path}'")
+    return ensure_sft_model(cfg, console=console)
+
+
+def cmd_sft(args: argparse.Namespace, console: Console) -> None:
+    cfg = load_config(args.config, args.overrides)
+    path = _tiny_sft(cfg, console)
+    metrics = _evaluate(cfg, str(path), console)
+    console.print(f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%}")
+
+
+def _evaluate(cfg: Config, model_path: str, console: Console) -> dict[str, float]:
+    from vineppo.engine.hf import HFEngine
+    from vineppo.evaluate import evaluate_greedy
+    from vineppo.models import load_model, load_tokenizer, resolve_device
+    from vineppo.progress import Bars
+    from vineppo.tasks import build_task
+
+    task = build_task(cfg.task)
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    model = load_model(model_path, cfg.model.dtype, resolve_device(cfg.model.device), cfg.model.trust_remote_code)
+    engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+    problems = task.test_problems()
+    with Bars(console, cfg.logging.progress) as bars, bars.phase("eval (greedy)", len(problems)) as bar:
+        return evaluate_greedy(
+            engine,
+            lambda text: tokenizer(text).input_ids,
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            task,
+            problems,
+            cfg.engine.max_new_tokens,
+            on_progress=bar.advance,
+        )
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> None:
+    overrides = list(args.overrides) + ([f"task.name={args.task}"] if args.task else [])
+    cfg = load_config(args.config, overrides)
+    metrics = _evaluate(cfg, args.model, console)
+    console.print(
+        f"vineppo eval: {args.model} on {cfg.task.name}: greedy accuracy {metrics['eval/accuracy']:.1%} "
+        f"(no answer {metrics['eval/unparsed']:.1%}, cut off {metrics['eval/truncated']:.1%})"
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps({"model": args.model, "task": cfg.task.name, **metrics}, indent=2))
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    transformers_logging.disable_progress_bar()  # our own bars show progress; theirs would interleave
+    console = Console(stderr=True)
+    try:
+        COMMANDS[args.command](args, console)
+    except (ConfigError, ModelLoadError, UsageError) as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        console.print("interrupted; resume with --resume RUN_DIR from the last checkpoint")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

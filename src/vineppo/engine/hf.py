@@ -1,0 +1,208 @@
+"""A sampling engine on plain transformers: any causal LM, CPU or GPU, with the prefix computed once per group.
+
+VinePPO asks for K continuations of many (prompt + partial response) prefixes. `model.generate` would run every
+prefix K times through the model; here each group of prefixes gets one left-padded forward pass, and its KV cache
+is repeated K times before decoding, so only the new tokens cost K-fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from vineppo.engine.base import Completion, ProgressCallback, SamplingParams
+
+
+class HFEngine:
+    """Samples continuations of token prefixes with a custom KV-cached decoding loop (no `model.generate`).
+
+    Log-probs are those of `log_softmax(logits / T)` (T = 1 for greedy), taken BEFORE top-p truncation: the quantity
+    the trainer's forward pass recomputes. Sampling itself uses the top-p-truncated distribution, so with top_p < 1
+    the recorded log-prob of a token is lower than the log-prob of the distribution it was actually drawn from.
+
+    Rows are grouped so that (prefixes in a group) * (samples per prefix) <= `batch_size`; a prefix with
+    n > batch_size has its samples split over several groups. Results with a fixed `torch.Generator` are
+    reproducible for the same inputs and batch size (the grouping decides which random numbers go to which row).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any | None = None,
+        batch_size: int = 64,
+        *,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> None:
+        """`eos_token_id` / `pad_token_id` default to the tokenizer's; pad falls back to eos (it is only ever masked)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eos_token_id is None and tokenizer is not None:
+            eos_token_id = tokenizer.eos_token_id
+        if eos_token_id is None:
+            raise ValueError("HFEngine needs an eos_token_id: pass it or a tokenizer that defines one")
+        if pad_token_id is None and tokenizer is not None:
+            pad_token_id = tokenizer.pad_token_id
+        self.model = model
+        self.batch_size = batch_size
+        self.eos_token_id = int(eos_token_id)
+        self.pad_token_id = int(pad_token_id if pad_token_id is not None else eos_token_id)
+
+    @property
+    def max_context(self) -> int | None:
+        """The longest prefix + completion the model's positions allow (None if the config does not say)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def check_context(self, prefix_len: int, max_new_tokens: int) -> None:
+        """Raise a ValueError naming the lengths if prefix + completion would run past the model's positions."""
+        if prefix_len == 0:
+            raise ValueError("cannot continue an empty prefix: it needs at least one token (e.g. BOS)")
+        limit = self.max_context
+        if limit is not None and prefix_len + max_new_tokens > limit:
+            raise ValueError(
+                f"prefix of {prefix_len} tokens + max_new_tokens={max_new_tokens} = {prefix_len + max_new_tokens} "
+                f"exceeds the model's max_position_embeddings={limit}"
+            )
+
+    def generate(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        n: int,
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[list[Completion]]:
+        """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
+
+        `generator` must live on the model's device (torch.multinomial requires it).
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        for prefix in prefixes:
+            self.check_context(len(prefix), params.max_new_tokens)
+
+        results: list[list[Completion]] = [[] for _ in prefixes]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for indices, repeats, finished in self._plan(prefixes, n):
+                    completions = self._generate_group([prefixes[i] for i in indices], repeats, params, generator)
+                    for k, i in enumerate(indices):
+                        results[i].extend(completions[k * repeats : (k + 1) * repeats])
+                    if on_progress is not None:
+                        on_progress(finished)
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _plan(self, prefixes: Sequence[Sequence[int]], n: int) -> list[tuple[list[int], int, int]]:
+        """Groups as (prefix indices, samples per prefix, prefixes completed by this group), sorted by length.
+
+        Sorting puts prefixes of similar length together, so left padding wastes little compute.
+        """
+        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
+        if n <= self.batch_size:
+            per_group = self.batch_size // n
+            return [
+                (order[s : s + per_group], n, len(order[s : s + per_group])) for s in range(0, len(order), per_group)
+            ]
+        return [
+            ([i], min(self.batch_size, n - s), int(s + self.batch_size >= n))
+            for i in order
+            for s in range(0, n, self.batch_size)
+        ]
+
+    def _generate_group(
+        self,
+        prefixes: list[Sequence[int]],
+        repeats: int,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> list[Completion]:
+        """Decode `repeats` samples of each prefix; returns them prefix-major (all samples of prefix 0 first)."""
+        device = self.model.device
+        width = max(len(p) for p in prefixes)
+        input_ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            input_ids[row, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
+            attention_mask[row, width - len(prefix) :] = 1
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+        # The shared prefix: one forward pass, then every row's cache, mask and last logits repeated per sample.
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_repeat_interleave(repeats)
+        logits = out.logits[:, -1].float().repeat_interleave(repeats, dim=0)
+        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+        position_ids = position_ids[:, -1:].repeat_interleave(repeats, dim=0)
+
+        rows, max_new = logits.shape[0], params.max_new_tokens
+        temperature = 1.0 if params.greedy else params.temperature
+        tokens = torch.full((rows, max_new), self.pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((rows, max_new), device=device)
+        lengths = torch.full((rows,), max_new, dtype=torch.long, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        ones = torch.ones((rows, 1), dtype=attention_mask.dtype, device=device)
+        steps = 0
+        for t in range(max_new):
+            log_probs = torch.log_softmax(logits / temperature, dim=-1)
+            if params.greedy:
+                next_tokens = log_probs.argmax(dim=-1)
+            else:
+                probs = _top_p_filter(log_probs.exp(), params.top_p)
+                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            next_tokens = next_tokens.masked_fill(done, self.pad_token_id)
+            tokens[:, t] = next_tokens
+            logprobs[:, t] = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
+            stopped = ~done & (next_tokens == self.eos_token_id)
+            lengths = torch.where(stopped, t + 1, lengths)
+            done |= stopped
+            steps = t + 1
+            if t == max_new - 1 or bool(done.all()):
+                break
+            attention_mask = torch.cat([attention_mask, ones], dim=1)
+            position_ids = position_ids + 1
+            logits = self.model(
+                input_ids=next_tokens[:, None],
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+            ).logits[:, -1].float()
+
+        token_rows = tokens[:, :steps].tolist()
+        logprob_rows = logprobs[:, :steps].tolist()
+        stop_rows = done.tolist()
+        return [
+            Completion(token_rows[r][:length], logprob_rows[r][:length], "stop" if stop_rows[r] else "length")
+            for r, length in enumerate(lengths.tolist())
+        ]
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tokens outside the nucleus: the smallest set, by descending probability, whose mass reaches top_p.
+
+    A token is kept when the mass ranked strictly before it is below top_p, so the most likely token always stays.
+    The result is unnormalised; torch.multinomial does not need normalised weights.
+    """
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
+    return torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)

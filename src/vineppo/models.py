@@ -1,0 +1,139 @@
+"""Models and tokenizers: the tiny-model factory for the built-in task, and loading of any Hugging Face causal LM.
+
+Every model here is an ordinary `transformers` model, so a run's checkpoint directory opens with
+`AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` outside this package too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, processors
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from vineppo.config import TinyModelConfig
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer path that cannot be loaded; the message names the path and what was expected."""
+
+
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """One token per character of `alphabet` (newline included) plus <pad>, <bos>, <eos>.
+
+    Character tokens keep the vocabulary tiny (19 symbols for the arithmetic task), which is what lets a
+    sub-million-parameter model learn the task in minutes on a CPU (DESIGN.md). A BPE model with no merges maps
+    each character to its own token without any pre-tokenizer, so whitespace and newlines are ordinary tokens; the
+    Fuse decoder joins tokens without inserting spaces, so decode(encode(text)) == text. The post-processor
+    prepends <bos>, as the model was trained with it. Characters outside `alphabet` are dropped when encoding
+    (there is no <unk>): the tokenizer is built from the task's own alphabet.
+    """
+    chars = sorted(set(alphabet))
+    vocab = {token: i for i, token in enumerate([PAD, BOS, EOS, *chars])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.add_special_tokens([PAD, BOS, EOS])
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    """A randomly initialised Llama of the configured shape over `tokenizer`'s vocabulary (uses torch's global RNG).
+
+    Input and output embeddings are tied: at this size the two vocabulary matrices would otherwise be a large
+    share of the parameters for no gain.
+    """
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" means cuda when available, else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_source(path: str | Path) -> None:
+    """Fail early, naming the path, for a local path that is missing or is not a saved model.
+
+    A missing path that could still be a hub id ("owner/name") is left to `from_pretrained`.
+    """
+    text = str(path)
+    local = Path(text).expanduser()
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_local and not local.exists():
+        raise ModelLoadError(f"model path '{path}' does not exist (expected a model directory or a hub id)")
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelLoadError(
+            f"model path '{path}' exists but is not a Hugging Face model directory (expected a config.json in it)"
+        )
+
+
+def load_model(
+    path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """A causal LM from a local directory or a hub id, in `dtype` ("float32", "bfloat16", "float16"), on `device`."""
+    _check_source(path)
+    local = Path(path).expanduser()
+    use_safetensors = True if local.is_dir() and any(local.glob("*.safetensors")) else None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else str(path),
+            dtype=_DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors,
+        )
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load a model from '{path}': expected a local model directory (config.json + weights) "
+            f"or a Hugging Face hub id ({exc})"
+        ) from exc
+    return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a model; one without a pad token pads with eos (batched generation needs one)."""
+    _check_source(path)
+    local = Path(path).expanduser()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local) if local.exists() else str(path), trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load a tokenizer from '{path}': expected a local model directory with tokenizer files "
+            f"or a Hugging Face hub id ({exc})"
+        ) from exc
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer at '{path}' has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

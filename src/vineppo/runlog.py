@@ -1,0 +1,90 @@
+"""A run's metrics: one JSON object per line in metrics.jsonl, TensorBoard scalars, and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # a run killed while writing its last line: everything before is intact
+                break
+            raise ValueError(f"{path}:{number}: not a JSON object") from None
+    return records
+
+
+class RunLog:
+    """Appends metric records; on resume, drops records newer than the checkpoint being resumed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_iteration: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        if resume_iteration is not None:
+            kept = [r for r in read_metrics(self.run_dir) if r["iteration"] <= resume_iteration]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_iteration)
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        record = {"iteration": iteration, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(name, value, iteration)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        plot_curves(self.run_dir)
+
+
+def plot_curves(run_dir: Path) -> Path | None:
+    """Test accuracy and train reward against iteration, as run_dir/curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(run_dir)
+    if not records:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, style in (
+        ("eval/accuracy", "test accuracy (greedy)", "o-"),
+        ("train/reward", "train reward (sampled)", "-"),
+    ):
+        points = [(r["iteration"], r[key]) for r in records if key in r]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, style, label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("fraction")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

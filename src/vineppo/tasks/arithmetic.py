@@ -1,0 +1,126 @@
+"""The built-in synthetic task: chains of single-digit operations, evaluated left to right modulo 10.
+
+A problem is an expression such as `5+3*4*5*7`. Its gold solution takes one step per line and keeps every
+intermediate result to one digit (mod 10), then gives the final answer after `#`:
+
+    5+3*4*5*7          <- prompt (followed by a newline)
+    5+3=8
+    8*4=2
+    2*5=0
+    0*7=0
+    #0                 <- no trailing newline; the model then emits eos
+
+Why this shape (../../shared/DESIGN.md, "Measured on this kind of machine"): with one character per token and
+one-digit results, a sub-million-parameter model learns the format within a few hundred SFT steps on a laptop
+CPU, and the chain length (`num_ops`) and operand range set how many problems it still gets wrong. The
+step-per-line layout gives VinePPO natural step boundaries.
+
+Operand distribution: operands are uniform over 0..max_operand, except that the right operand of `*` is drawn
+from 1..max_operand. Zero absorbs under multiplication, so a uniform `*0` would send a large share of the chains
+(and all later steps) to the answer 0; excluding it keeps the answer histogram close to uniform (0 remains the most
+common answer at roughly 15% with the default operators, from products such as 5*4).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from vineppo.config import ArithmeticConfig
+from vineppo.tasks.base import Grade, Problem
+
+_ANSWER_LINE = re.compile(r"#(-?[0-9]+)")
+
+
+def _apply(left: int, op: str, right: int) -> int:
+    if op == "+":
+        return (left + right) % 10
+    if op == "-":
+        return (left - right) % 10
+    return (left * right) % 10
+
+
+def solve(expression: str) -> tuple[str, int]:
+    """The gold step-by-step solution (without the answer line) and the answer of a prompt expression."""
+    value = int(expression[0])
+    lines = []
+    for i in range(1, len(expression), 2):
+        op, right = expression[i], int(expression[i + 1])
+        result = _apply(value, op, right)
+        lines.append(f"{value}{op}{right}={result}\n")
+        value = result
+    return "".join(lines), value
+
+
+class ArithmeticTask:
+    """Left-to-right mod-10 chains; a deterministic, disjoint train/test split drawn from `cfg.seed`."""
+
+    name = "arithmetic"
+    alphabet = "0123456789+-*=#\n"
+    """Every character a prompt or solution uses (the tiny model's tokenizer is built from it)."""
+
+    def __init__(self, cfg: ArithmeticConfig) -> None:
+        self.cfg = cfg
+        right_operands = sum(cfg.max_operand if op == "*" else cfg.max_operand + 1 for op in set(cfg.operators))
+        space = (cfg.max_operand + 1) * right_operands**cfg.num_ops
+        needed = cfg.train_size + cfg.test_size
+        if needed > space:
+            raise ValueError(
+                f"task.arithmetic: only {space} distinct expressions exist with num_ops={cfg.num_ops}, "
+                f"max_operand={cfg.max_operand}, operators='{cfg.operators}', but train_size + test_size = {needed}"
+            )
+        rng = random.Random(cfg.seed)
+        # The test set is drawn first, so it does not change when train_size does.
+        test = self._draw(rng, cfg.test_size, exclude=set())
+        train = self._draw(rng, cfg.train_size, exclude=set(test))
+        self._test = [self._problem(f"arith-test-{i}", e) for i, e in enumerate(test)]
+        self._train = [self._problem(f"arith-train-{i}", e) for i, e in enumerate(train)]
+
+    def _expression(self, rng: random.Random) -> str:
+        cfg = self.cfg
+        parts = [str(rng.randint(0, cfg.max_operand))]
+        for _ in range(cfg.num_ops):
+            op = rng.choice(cfg.operators)
+            parts.append(op + str(rng.randint(1 if op == "*" else 0, cfg.max_operand)))
+        return "".join(parts)
+
+    def _draw(self, rng: random.Random, count: int, exclude: set[str]) -> list[str]:
+        """`count` distinct expressions not in `exclude`, in the order first drawn."""
+        seen: dict[str, None] = {}
+        attempts = 0
+        while len(seen) < count:
+            attempts += 1
+            if attempts > 100 * count + 10_000:
+                raise ValueError(
+                    f"task.arithmetic: could not draw {count} distinct expressions (found {len(seen)}); "
+                    f"raise num_ops or max_operand, or lower train_size/test_size"
+                )
+            expression = self._expression(rng)
+            if expression not in exclude:
+                seen[expression] = None
+        return list(seen)
+
+    @staticmethod
+    def _problem(problem_id: str, expression: str) -> Problem:
+        steps, answer = solve(expression)
+        return Problem(id=problem_id, prompt=expression + "\n", solution=f"{steps}#{answer}", answer=str(answer))
+
+    def train_problems(self) -> list[Problem]:
+        return list(self._train)
+
+    def test_problems(self) -> list[Problem]:
+        return list(self._test)
+
+    def grade(self, problem: Problem, response: str) -> Grade:
+        """1.0 iff the last line starting with `#` is `#<integer>` equal to the answer.
+
+        Only that last `#` line counts (a model cannot hedge with several answers); if it is not a plain integer,
+        the response is unparsed. Nothing in the response is evaluated.
+        """
+        answer_lines = [line.strip() for line in response.split("\n") if line.startswith("#")]
+        if not answer_lines:
+            return Grade(0.0, parsed=False)
+        match = _ANSWER_LINE.fullmatch(answer_lines[-1])
+        if match is None:
+            return Grade(0.0, parsed=False)
+        return Grade(1.0 if int(match.group(1)) == int(problem.answer) else 0.0, parsed=True)

@@ -1,0 +1,246 @@
+"""The training loop: sample, assign credit, update; evaluate, log and checkpoint.
+
+One iteration, as in the paper's algorithm box:
+  1. draw `prompts_per_iteration` training problems (seeded by (seed, iteration), so the data position is the
+     iteration number) and sample `samples_per_prompt` responses each with the current policy;
+  2. grade them; VinePPO credit: K MC rollouts from every step boundary -> per-token advantages;
+  3. PPO update: `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps.
+Greedy test accuracy is measured before the first iteration and every `eval_every` iterations.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
+from vineppo.config import Config, config_to_yaml
+from vineppo.credit.vine import vine_credit
+from vineppo.engine.base import SamplingParams
+from vineppo.engine.hf import HFEngine
+from vineppo.episodes import Episode, grade_response
+from vineppo.evaluate import evaluate_greedy
+from vineppo.models import load_model, load_tokenizer, resolve_device
+from vineppo.progress import Bars
+from vineppo.runlog import RunLog
+from vineppo.sft import ensure_sft_model
+from vineppo.tasks import build_task
+from vineppo.tasks.base import Problem
+from vineppo.update import prepare, ppo_update
+
+CONFIG_FILE = "config.yaml"
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """Every random draw of iteration i comes from generators seeded here, so resuming is exact."""
+    return (seed * 1_000_003 + iteration) % (2**63)
+
+
+def initial_model_path(cfg: Config, console: Console) -> str:
+    """The policy's starting point (also the KL reference): the cached SFT tiny model, or model.path."""
+    if cfg.model.path == "tiny":
+        return str(ensure_sft_model(cfg, console=console))
+    return cfg.model.path
+
+
+def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
+    """Linear warmup, then linear decay to 0 at the last step (DeepSpeed WarmupDecayLR, as in the paper)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    initial_accuracy: float | None
+    final_accuracy: float
+    iterations: int
+    seconds: float
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, console: Console | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.console = console or Console(stderr=True)
+        self.device = resolve_device(cfg.model.device)
+        self.task = build_task(cfg.task)
+        self.train_set = self.task.train_problems()
+        self.test_set = self.task.test_problems()
+
+        init_path = initial_model_path(cfg, self.console)
+        resumed = load_latest(self.run_dir) if resume else None
+        policy_path = str(resumed.policy_dir) if resumed else init_path
+        mc = cfg.model
+        self.tokenizer = load_tokenizer(policy_path, mc.trust_remote_code)
+        self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
+        self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
+        self.reference.requires_grad_(False).eval()
+        self.engine = HFEngine(self.policy, self.tokenizer, batch_size=cfg.engine.batch_size)
+        self.sampling = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
+
+        tc = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
+        )
+        steps_per_iteration = tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
+        total_steps = tc.iterations * steps_per_iteration
+        self.scheduler = linear_warmup_decay(self.optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+
+        self.start_iteration = 0
+        if resumed:
+            self.optimizer.load_state_dict(resumed.state["optimizer"])
+            self.scheduler.load_state_dict(resumed.state["scheduler"])
+            set_rng_state(resumed.state["rng"])
+            self.start_iteration = resumed.iteration
+            self.console.print(f"resuming {self.run_dir} after iteration {resumed.iteration}")
+        elif resume:
+            self.console.print(f"{self.run_dir} has no checkpoint yet: starting from iteration 0")
+        self.log = RunLog(self.run_dir, cfg.logging.tensorboard, resume_iteration=self.start_iteration if resume else None)
+        (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
+
+    # -- text <-> tokens -------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def train(self) -> Summary:
+        cfg, tc = self.cfg, self.cfg.train
+        started = time.perf_counter()
+        initial_accuracy = None
+        with Bars(self.console, cfg.logging.progress) as bars:
+            self.bars = bars
+            advance_run = bars.overall("iterations", tc.iterations, completed=self.start_iteration)
+            if self.start_iteration == 0:
+                metrics = self.evaluate()
+                initial_accuracy = metrics["eval/accuracy"]
+                self.log.log(0, metrics)
+                self.console.print(f"iteration 0: greedy test accuracy {initial_accuracy:.1%}")
+            for iteration in range(self.start_iteration, tc.iterations):
+                done = iteration + 1
+                metrics = self.iteration(iteration)
+                if done % tc.eval_every == 0 or done == tc.iterations:
+                    metrics.update(self.evaluate())
+                self.log.log(done, metrics)
+                self.report(done, metrics)
+                if done % tc.checkpoint_every == 0 or done == tc.iterations:
+                    save_checkpoint(
+                        self.run_dir, done, self.policy, self.tokenizer, self.optimizer, self.scheduler,
+                        cfg.logging.keep_checkpoints,
+                    )
+                advance_run(1)
+        self.log.close()
+        return Summary(self.run_dir, initial_accuracy, self.last_accuracy, tc.iterations, time.perf_counter() - started)
+
+    def iteration(self, iteration: int) -> dict[str, float]:
+        tc, algo = self.cfg.train, self.cfg.algo
+        seed = iteration_seed(tc.seed, iteration)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        timings: dict[str, float] = {}
+
+        problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
+        with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
+            episodes = self.sample(problems, generator, bar.advance)
+
+        with self.timed("credit", timings), self.bars.phase("MC rollouts", None) as bar:
+            vine = vine_credit(
+                episodes, self.engine, self.task, self.decode, algo.k, self.sampling, algo.max_value_steps,
+                generator=generator, on_progress=bar.advance, on_total=bar.set_total,
+            )
+
+        with self.timed("update", timings):
+            batches, gap = prepare(
+                self.policy, self.reference, episodes, self.engine.pad_token_id, tc.micro_batch_size,
+                self.sampling.temperature, algo.whiten_advantages, self.device,
+            )
+            steps = tc.epochs * len(episodes) // tc.mini_batch_size
+            with self.bars.phase("update", steps) as bar:
+                update_stats = ppo_update(
+                    self.policy, self.optimizer, self.scheduler, batches, algo, tc, self.sampling.temperature,
+                    torch.Generator().manual_seed(seed), on_step=bar.advance,
+                )
+
+        rewards = torch.tensor([e.reward for e in episodes])
+        advantages = torch.tensor([a for e in episodes for a in e.advantages] or [0.0])
+        values = torch.tensor([v for e in episodes for v in e.step_values] or [0.0])
+        policy_tokens = sum(len(e.response_ids) for e in episodes)
+        return {
+            "train/reward": rewards.mean().item(),
+            "train/accuracy": (rewards == 1.0).float().mean().item(),
+            "train/unparsed": sum(not e.parsed for e in episodes) / len(episodes),
+            "train/truncated": sum(e.finish_reason == "length" for e in episodes) / len(episodes),
+            "train/response_tokens": policy_tokens / len(episodes),
+            "train/all_rewards_equal": float(bool((rewards == rewards[0]).all())),
+            "advantage/mean": advantages.mean().item(),
+            "advantage/std": advantages.std().item() if advantages.numel() > 1 else 0.0,
+            "advantage/min": advantages.min().item(),
+            "advantage/max": advantages.max().item(),
+            "value/mc_mean": values.mean().item(),
+            "value/mc_std": values.std().item() if values.numel() > 1 else 0.0,
+            "value/states": vine.num_states,
+            "value/steps_per_response": sum(len(e.step_starts) for e in episodes) / len(episodes),
+            "tokens/policy": policy_tokens,
+            "tokens/mc": vine.mc_tokens,
+            "value/mc_unparsed": vine.mc_unparsed / max(1, vine.num_states * algo.k),
+            **gap,
+            **update_stats,
+            **{f"time/{name}": seconds for name, seconds in timings.items()},
+        }
+
+    def sample(self, problems: list[Problem], generator: torch.Generator, advance) -> list[Episode]:
+        n = self.cfg.train.samples_per_prompt
+        prompts = [self.encode(p.prompt) for p in problems]
+        completions = self.engine.generate(prompts, n, self.sampling, generator=generator, on_progress=advance)
+        episodes = []
+        for index, (problem, prompt_ids, group) in enumerate(zip(problems, prompts, completions)):
+            for completion in group:
+                grade = grade_response(self.task, problem, self.decode(completion.token_ids), completion.finish_reason)
+                episodes.append(
+                    Episode(
+                        prompt_index=index, problem=problem, prompt_ids=prompt_ids,
+                        response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
+                        finish_reason=completion.finish_reason, reward=grade.reward, parsed=grade.parsed,
+                    )
+                )
+        return episodes
+
+    def evaluate(self) -> dict[str, float]:
+        started = time.perf_counter()
+        with self.bars.phase("eval (greedy)", len(self.test_set)) as bar:
+            metrics = evaluate_greedy(
+                self.engine, self.encode, self.decode, self.task, self.test_set, self.cfg.engine.max_new_tokens,
+                on_progress=bar.advance,
+            )
+        metrics["time/eval"] = time.perf_counter() - started
+        self.last_accuracy = metrics["eval/accuracy"]
+        return metrics
+
+    @contextmanager
+    def timed(self, name: str, into: dict[str, float]):
+        started = time.perf_counter()
+        yield
+        into[name] = time.perf_counter() - started
+
+    def report(self, done: int, m: dict[str, float]) -> None:
+        line = (
+            f"iteration {done}/{self.cfg.train.iterations}: reward {m['train/reward']:.3f} "
+            f"kl {m['loss/kl']:.4f} clipfrac {m['loss/clipfrac']:.3f} "
+            f"(sample {m['time/sample']:.1f}s, credit {m['time/credit']:.1f}s, update {m['time/update']:.1f}s)"
+        )
+        if "eval/accuracy" in m:
+            line += f"  test accuracy {m['eval/accuracy']:.1%}"
+        self.console.print(line, markup=False, highlight=False)
