@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelLoadError, UsageError) as exc:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume RUN_DIR from the last checkpoint")

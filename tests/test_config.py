@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from vineppo.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_of(overrides=None, path=None):
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["algo.k=3", "train.iterations=20", "engine.top_p=0.95", "algo.max_value_steps=null"])
+    assert (cfg.algo.k, cfg.train.iterations, cfg.engine.top_p, cfg.algo.max_value_steps) == (3, 20, 0.95, None)
+    assert load_config().algo.k == Config().algo.k
+
+
+def test_quickstart_yaml_is_the_default_config():
+    assert load_config(REPO / "configs" / "quickstart.yaml") == Config()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("algo.k=0", "algo.k: Input should be greater than or equal to 1 (got 0)"),
+        ("engine.temperature=0", "engine.temperature: Input should be greater than 0"),
+        ("engine.temperature=-1", "engine.temperature"),
+        ("engine.top_p=1.5", "engine.top_p"),
+        ("train.iterations=abc", "train.iterations: Input should be a valid integer"),
+        ("algo.whiten_advantages=maybe", "algo.whiten_advantages"),
+        ("train.micro_batch_size=7", "micro_batch_size (7) must divide mini_batch_size (64)"),
+        ("train.mini_batch_size=100", "mini_batch_size (100) must divide the episodes per iteration"),
+        ("model.tiny.num_heads=3", "hidden_size (128) must be divisible by num_heads (3)"),
+        ("task.arithmetic.operators=+/", "task.arithmetic.operators"),
+        ("algo.name=reinforce", "algo.name: Input should be 'vineppo'"),
+    ],
+)
+def test_impossible_values_name_the_key(override, expected):
+    assert expected in error_of([override])
+
+
+def test_unknown_keys_are_rejected():
+    assert "unknown key 'algo.kk'" in error_of(["algo.kk=1"])
+    assert "unknown key 'training'" in error_of(["training.iterations=3"])
+    assert "expected key=value" in error_of(["algo.k"])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    assert "config file not found" in error_of(path=tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo:\n  k: [1\n")
+    assert f"{bad}: not valid YAML" in error_of(path=bad)
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("algo:\n  k: 3\n  beta: 2\n")
+    assert f"{extra}: unknown key 'algo.beta'" in error_of(path=extra)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    assert "expected a mapping of sections" in error_of(path=listy)
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algo:\n  k: 5\ntrain:\n  iterations: 7\n")
+    cfg = load_config(path, ["algo.k=2"])
+    assert (cfg.algo.k, cfg.train.iterations) == (2, 7)

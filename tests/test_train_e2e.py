@@ -1,0 +1,80 @@
+"""A few iterations of the whole pipeline at tiny sizes: run directory contents, CLI errors, exact resume."""
+
+import json
+import shutil
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vineppo.cli import main
+from vineppo.runlog import read_metrics
+
+TINY = [
+    "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.intermediate_size=64",
+    "model.sft.steps=30", "model.sft.batch_size=16",
+    "task.arithmetic.num_ops=2", "task.arithmetic.train_size=200", "task.arithmetic.test_size=8",
+    "engine.max_new_tokens=24", "algo.k=2",
+    "train.prompts_per_iteration=4", "train.samples_per_prompt=2", "train.mini_batch_size=4",
+    "train.micro_batch_size=2", "train.eval_every=2", "train.checkpoint_every=1",
+    "logging.progress=false", "logging.keep_checkpoints=3",
+]
+
+
+@pytest.fixture(autouse=True)
+def sft_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("VINEPPO_CACHE", str(tmp_path_factory.getbasetemp() / "vineppo-cache"))
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "train.iterations=3"]) == 0
+
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoints/latest"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    records = read_metrics(run)
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    assert {"eval/accuracy", "time/eval"} <= records[0].keys()
+    for key in ("train/reward", "loss/kl", "loss/clipfrac", "loss/approx_kl", "policy/entropy", "advantage/std",
+                "value/mc_mean", "tokens/policy", "tokens/mc", "time/sample", "time/credit", "time/update"):
+        assert key in records[1], key
+    assert "eval/accuracy" in records[2] and "eval/accuracy" not in records[1]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "iter_000003"
+    policy = run / "checkpoints" / "iter_000003" / "policy"
+    assert (policy / "model.safetensors").is_file()
+    AutoModelForCausalLM.from_pretrained(policy)
+    AutoTokenizer.from_pretrained(policy)
+
+    # Simulate a crash after iteration 2's checkpoint: drop the last checkpoint, then resume.
+    shutil.rmtree(run / "checkpoints" / "iter_000003")
+    (run / "checkpoints" / "latest").write_text("iter_000002\n")
+    assert main(["train", "--resume", str(run)]) == 0
+    resumed = read_metrics(run)
+    assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
+    timing_free = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert timing_free(resumed[3]) == pytest.approx(timing_free(records[3]), rel=1e-5, abs=1e-6)
+
+
+def test_bad_config_exits_2_with_one_line(capsys):
+    assert main(["train", "algo.k=0"]) == 2
+    err = capsys.readouterr().err
+    assert "algo.k" in err and "greater than or equal to 1" in err and "Traceback" not in err
+
+
+def test_unwritable_run_dir_fails_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--run-dir", str(blocker / "run"), *TINY]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_resume_of_a_non_run_directory(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no config.yaml there" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_model(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "missing"), "logging.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err
