@@ -35,8 +35,9 @@ class CoinEngine:
     def __init__(self):
         self.calls = []
 
-    def generate(self, prefixes, n, params, generator=None, on_progress=None):
+    def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
         self.calls.append([list(p) for p in prefixes])
+        self.budgets = budgets
         out = []
         for prefix in prefixes:
             done_lines = decode(prefix[1:]).count("\n")
@@ -90,6 +91,7 @@ def test_vine_credit_dedupes_prefixes_and_fills_episodes():
     stats = vine_credit(episodes, engine, CoinTask(), decode, k=4, params=SamplingParams(), max_value_steps=None,
                         generator=torch.Generator().manual_seed(0))
     (prefixes,) = engine.calls
+    assert engine.budgets == [64 - (len(p) - 1) for p in prefixes]  # max_new_tokens minus the response so far
     # states: the prompt (shared by all 3), "H\n" (shared by the first two), "H\nT\n", "H\nH\n", "T\n", "T\nT\n"
     assert len(prefixes) == stats.num_states == 6
     assert len(set(map(tuple, prefixes))) == 6

@@ -94,7 +94,12 @@ def vine_credit(
 
     if on_total is not None:
         on_total(len(requests))
-    completions = engine.generate(list(states), k, params, generator=generator, on_progress=on_progress)
+    # A rollout from a prefix holding j response tokens may add max_new_tokens - j: the same length limit as
+    # the responses whose states it values, so truncation (reward 0) happens exactly where it would have.
+    budgets = [params.max_new_tokens - start for _, start in requests]
+    completions = engine.generate(
+        list(states), k, params, generator=generator, on_progress=on_progress, budgets=budgets
+    )
 
     values: list[float] = []
     mc_tokens = mc_unparsed = 0

@@ -54,9 +54,12 @@ class Engine(Protocol):
         params: SamplingParams,
         generator: torch.Generator | None = None,
         on_progress: ProgressCallback | None = None,
+        budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
 
-        The shared prefix is computed once and its KV cache expanded to the n samples.
+        The shared prefix is computed once and its KV cache expanded to the n samples. `budgets[i]` (at most
+        params.max_new_tokens) caps the new tokens of prefix i; VinePPO gives a step prefix holding j response
+        tokens max_new_tokens - j, so an MC rollout is cut off exactly where the full response would have been.
         """
         ...

@@ -7,11 +7,11 @@ is repeated K times before decoding, so only the new tokens cost K-fold.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from vineppo.engine.base import Completion, ProgressCallback, SamplingParams
 
@@ -31,13 +31,13 @@ class HFEngine:
     def __init__(
         self,
         model: PreTrainedModel,
-        tokenizer: Any | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         batch_size: int = 64,
         *,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
     ) -> None:
-        """`eos_token_id` / `pad_token_id` default to the tokenizer's; pad falls back to eos (it is only ever masked)."""
+        """eos_token_id / pad_token_id default to the tokenizer's; pad falls back to eos (it is only ever masked)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if eos_token_id is None and tokenizer is not None:
@@ -48,6 +48,8 @@ class HFEngine:
             pad_token_id = tokenizer.pad_token_id
         self.model = model
         self.batch_size = batch_size
+        # transformers 5.2x renamed `past_key_values` to `cache`; accept both generations of the API.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else eos_token_id)
 
@@ -74,6 +76,7 @@ class HFEngine:
         params: SamplingParams,
         generator: torch.Generator | None = None,
         on_progress: ProgressCallback | None = None,
+        budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
 
@@ -81,10 +84,9 @@ class HFEngine:
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        if params.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
-        for prefix in prefixes:
-            self.check_context(len(prefix), params.max_new_tokens)
+        budgets = resolve_budgets(prefixes, params, budgets)
+        for prefix, budget in zip(prefixes, budgets):
+            self.check_context(len(prefix), budget)
 
         results: list[list[Completion]] = [[] for _ in prefixes]
         was_training = self.model.training
@@ -92,7 +94,9 @@ class HFEngine:
         try:
             with torch.inference_mode():
                 for indices, repeats, finished in self._plan(prefixes, n):
-                    completions = self._generate_group([prefixes[i] for i in indices], repeats, params, generator)
+                    completions = self._generate_group(
+                        [prefixes[i] for i in indices], [budgets[i] for i in indices], repeats, params, generator
+                    )
                     for k, i in enumerate(indices):
                         results[i].extend(completions[k * repeats : (k + 1) * repeats])
                     if on_progress is not None:
@@ -109,9 +113,9 @@ class HFEngine:
         order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
         if n <= self.batch_size:
             per_group = self.batch_size // n
-            return [
-                (order[s : s + per_group], n, len(order[s : s + per_group])) for s in range(0, len(order), per_group)
-            ]
+            chunks = [order[s : s + per_group] for s in range(0, len(order), per_group)]
+            return [(chunk, n, len(chunk)) for chunk in chunks]
+        # More samples than rows: split them over groups of one prefix (its forward pass is then repeated per group).
         return [
             ([i], min(self.batch_size, n - s), int(s + self.batch_size >= n))
             for i in order
@@ -121,6 +125,7 @@ class HFEngine:
     def _generate_group(
         self,
         prefixes: list[Sequence[int]],
+        budgets: list[int],
         repeats: int,
         params: SamplingParams,
         generator: torch.Generator | None,
@@ -142,20 +147,24 @@ class HFEngine:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self._cache_kwarg: cache},
         )
         cache.batch_repeat_interleave(repeats)
         logits = out.logits[:, -1].float().repeat_interleave(repeats, dim=0)
         attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
         position_ids = position_ids[:, -1:].repeat_interleave(repeats, dim=0)
 
-        rows, max_new = logits.shape[0], params.max_new_tokens
+        rows, max_new = logits.shape[0], max(budgets)
         temperature = 1.0 if params.greedy else params.temperature
-        tokens = torch.full((rows, max_new), self.pad_token_id, dtype=torch.long, device=device)
+        # Finished rows keep decoding with the others (cheaper than compacting the batch every step), but their
+        # `lengths` entry is frozen at their eos or budget, so whatever they produce afterwards is cut off.
+        tokens = torch.zeros((rows, max_new), dtype=torch.long, device=device)
         logprobs = torch.zeros((rows, max_new), device=device)
-        lengths = torch.full((rows,), max_new, dtype=torch.long, device=device)
+        limits = torch.tensor(budgets, dtype=torch.long, device=device).repeat_interleave(repeats)
+        lengths = limits.clone()
+        at_eos = torch.zeros(rows, dtype=torch.bool, device=device)
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         ones = torch.ones((rows, 1), dtype=attention_mask.dtype, device=device)
         steps = 0
@@ -166,12 +175,12 @@ class HFEngine:
             else:
                 probs = _top_p_filter(log_probs.exp(), params.top_p)
                 next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            next_tokens = next_tokens.masked_fill(done, self.pad_token_id)
             tokens[:, t] = next_tokens
             logprobs[:, t] = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
             stopped = ~done & (next_tokens == self.eos_token_id)
             lengths = torch.where(stopped, t + 1, lengths)
-            done |= stopped
+            at_eos |= stopped
+            done |= stopped | (limits <= t + 1)
             steps = t + 1
             if t == max_new - 1 or bool(done.all()):
                 break
@@ -181,17 +190,33 @@ class HFEngine:
                 input_ids=next_tokens[:, None],
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 use_cache=True,
+                **{self._cache_kwarg: cache},
             ).logits[:, -1].float()
 
         token_rows = tokens[:, :steps].tolist()
         logprob_rows = logprobs[:, :steps].tolist()
-        stop_rows = done.tolist()
+        stop_rows = at_eos.tolist()
         return [
             Completion(token_rows[r][:length], logprob_rows[r][:length], "stop" if stop_rows[r] else "length")
             for r, length in enumerate(lengths.tolist())
         ]
+
+
+def resolve_budgets(
+    prefixes: Sequence[Sequence[int]], params: SamplingParams, budgets: Sequence[int] | None
+) -> list[int]:
+    """Per-prefix caps on new tokens: `budgets` if given (each in 1..max_new_tokens), else max_new_tokens."""
+    if params.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if budgets is None:
+        return [params.max_new_tokens] * len(prefixes)
+    if len(budgets) != len(prefixes):
+        raise ValueError(f"got {len(budgets)} budgets for {len(prefixes)} prefixes")
+    for budget in budgets:
+        if not 1 <= budget <= params.max_new_tokens:
+            raise ValueError(f"a budget of {budget} new tokens is outside 1..max_new_tokens={params.max_new_tokens}")
+    return list(budgets)
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

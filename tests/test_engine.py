@@ -1,0 +1,255 @@
+"""HFEngine against independent references: full uncached forward passes and exact sampling probabilities.
+
+The model is a tiny random Llama; its lm_head is scaled up so next-token distributions are peaked (as a trained
+model's are) and eos (id 2) occurs now and then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from vineppo.engine.base import SamplingParams
+from vineppo.engine.hf import HFEngine
+
+EOS, PAD = 2, 0
+PREFIXES = [[1, 5, 6], [1, 7, 8, 9, 10, 11, 3], [1, 4], [1, 12, 13, 14, 15]]
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LlamaForCausalLM]:
+    # One thread: a model this small gains nothing from two, and when the 2 cores are shared with other processes
+    # OpenMP's spinning threads make every matmul ~80x slower (measured: 4.8 ms vs 380 ms per forward).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
+    yield model
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def any_model(request: pytest.FixtureRequest, model: LlamaForCausalLM) -> PreTrainedModel:
+    """Llama's rotary positions are blind to a constant shift; GPT-2's learned ones catch wrong position_ids."""
+    if request.param == "llama":
+        return model
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def engine(model: PreTrainedModel, batch_size: int = 64) -> HFEngine:
+    return HFEngine(model, batch_size=batch_size, eos_token_id=EOS, pad_token_id=PAD)
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def last_logits(model: LlamaForCausalLM, sequences: list[list[int]]) -> torch.Tensor:
+    """Next-token logits after each sequence (all of one length): a plain forward, no cache, no padding."""
+    with torch.no_grad():
+        return model(torch.tensor(sequences)).logits[:, -1].double()
+
+
+def nucleus(probs: list[float], top_p: float) -> list[float]:
+    """Reference top-p: keep the most likely tokens until their mass reaches top_p, renormalise."""
+    keep, mass = set(), 0.0
+    for token in sorted(range(len(probs)), key=lambda t: -probs[t]):
+        if mass >= top_p:
+            break
+        keep.add(token)
+        mass += probs[token]
+    return [p / mass if t in keep else 0.0 for t, p in enumerate(probs)]
+
+
+def chi_square_z(counts: Counter, expected: dict[tuple[int, ...], float], total: int) -> float:
+    """Chi-square statistic as a standard normal z (Wilson-Hilferty); cells with < 5 expected are pooled."""
+    stat, pooled_obs, pooled_exp, cells = 0.0, 0, 0.0, 0
+    for outcome, p in expected.items():
+        if total * p >= 5:
+            stat += (counts[outcome] - total * p) ** 2 / (total * p)
+            cells += 1
+        else:
+            pooled_obs, pooled_exp = pooled_obs + counts[outcome], pooled_exp + total * p
+    if pooled_exp > 0:
+        stat += (pooled_obs - pooled_exp) ** 2 / pooled_exp
+        cells += 1
+    df = cells - 1
+    return ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
+
+
+def test_greedy_continuation_of_a_prefix_extends_the_shorter_prefix(any_model: PreTrainedModel) -> None:
+    eng = engine(any_model)
+    prompt = PREFIXES[0]
+    (reference,) = eng.generate([prompt], 1, SamplingParams(temperature=0.0, max_new_tokens=16))[0]
+    r = reference.token_ids
+    assert len(r) == 16, "the test wants a long greedy response"
+
+    cuts = [0, 3, 8]
+    batch = [prompt + r[:j] for j in cuts] + PREFIXES[1:]  # lengths 3, 6, 11, 7, 2, 5: heavy left padding
+    results = eng.generate(batch, 2, SamplingParams(temperature=0.0, max_new_tokens=8))
+    for j, samples in zip(cuts, results):
+        for completion in samples:
+            assert completion.token_ids == r[j : j + 8]
+            assert completion.logprobs == pytest.approx(reference.logprobs[j : j + 8], abs=1e-4)
+
+
+def test_logprobs_match_a_full_forward_pass(any_model: PreTrainedModel) -> None:
+    temperature = 0.7
+    params = SamplingParams(temperature=temperature, top_p=0.9, max_new_tokens=12)
+    results = engine(any_model, batch_size=8).generate(PREFIXES, 3, params, generator=seeded(1))
+    for prefix, samples in zip(PREFIXES, results):
+        for completion in samples:
+            sequence = torch.tensor([prefix + completion.token_ids])
+            with torch.no_grad():
+                logits = any_model(sequence).logits[0, len(prefix) - 1 : -1]
+            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
+            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+
+
+def test_first_two_tokens_follow_the_exact_distribution(model: LlamaForCausalLM) -> None:
+    """Two prefixes of different lengths, 2000 samples each, in one group: KV expansion must keep rows apart."""
+    temperature, top_p, n = 0.8, 0.9, 2000
+    params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=2)
+    prefixes = [PREFIXES[0], PREFIXES[1]]
+    results = engine(model, batch_size=2 * n).generate(prefixes, n, params, generator=seeded(2))
+
+    def exact(prefix: list[int]) -> dict[tuple[int, ...], float]:
+        """P(first two tokens), each conditional taken from an uncached forward pass over prefix (+ first token)."""
+        first = nucleus(torch.softmax(last_logits(model, [prefix]) / temperature, -1)[0].tolist(), top_p)
+        second = torch.softmax(last_logits(model, [prefix + [t] for t in range(32)]) / temperature, -1).tolist()
+        joint = {(EOS,): first[EOS]}
+        for t1 in range(32):
+            if t1 != EOS:
+                joint.update({(t1, t2): first[t1] * p for t2, p in enumerate(nucleus(second[t1], top_p))})
+        return joint
+
+    expected = [exact(p) for p in prefixes]
+    counts = [Counter(tuple(c.token_ids) for c in samples) for samples in results]
+    for count, probs in zip(counts, expected):
+        assert all(probs.get(outcome, 0.0) > 0 for outcome in count), "sampled outside the top-p nucleus"
+        assert chi_square_z(count, probs, n) < 4
+    # The check has power: one prefix's samples are far from the other prefix's distribution.
+    assert chi_square_z(counts[0], expected[1], n) > 10
+
+
+def test_samples_are_independent_and_reproducible(model: LlamaForCausalLM) -> None:
+    eng = engine(model)
+    params = SamplingParams(temperature=1.0, max_new_tokens=10)
+    first = eng.generate(PREFIXES, 8, params, generator=seeded(3))
+    again = eng.generate(PREFIXES, 8, params, generator=seeded(3))
+    other = eng.generate(PREFIXES, 8, params, generator=seeded(4))
+    assert first == again
+    assert first != other
+    for samples in first:
+        assert len(samples) == 8
+        assert len({tuple(c.token_ids) for c in samples}) > 4
+
+
+def test_finish_reasons(model: LlamaForCausalLM) -> None:
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    completions = [c for samples in engine(model).generate(PREFIXES, 16, params, generator=seeded(5)) for c in samples]
+    reasons = Counter(c.finish_reason for c in completions)
+    assert reasons["stop"] > 0 and reasons["length"] > 0
+    for c in completions:
+        assert len(c.logprobs) == len(c.token_ids)
+        if c.finish_reason == "stop":
+            assert c.token_ids[-1] == EOS and EOS not in c.token_ids[:-1]
+        else:
+            assert len(c.token_ids) == 12 and EOS not in c.token_ids
+
+
+def test_per_prefix_budgets_cap_new_tokens(model: LlamaForCausalLM) -> None:
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    full = engine(model).generate(PREFIXES, 2, params)
+    budgets = [1 + i % 12 for i in range(len(PREFIXES))]
+    capped = engine(model).generate(PREFIXES, 2, params, budgets=budgets)
+    for budget, full_samples, capped_samples in zip(budgets, full, capped):
+        for a, b in zip(full_samples, capped_samples):
+            assert b.token_ids == a.token_ids[:budget]  # greedy: the same tokens, cut at the budget
+            ended_early = a.finish_reason == "stop" and len(a.token_ids) <= budget
+            assert b.finish_reason == ("stop" if ended_early else "length")
+    with pytest.raises(ValueError, match="outside 1..max_new_tokens=12"):
+        engine(model).generate(PREFIXES[:1], 1, params, budgets=[13])
+
+
+def test_small_batches_and_split_samples_give_the_same_greedy_results(model: LlamaForCausalLM) -> None:
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    big = engine(model, batch_size=64).generate(PREFIXES, 3, params)
+    for batch_size in (1, 2, 5):  # 1 and 2 split the 3 samples of one prefix over several groups
+        small = engine(model, batch_size=batch_size).generate(PREFIXES, 3, params)
+        for big_samples, small_samples in zip(big, small):
+            assert len(small_samples) == 3
+            for a, b in zip(big_samples, small_samples):
+                assert a.token_ids == b.token_ids == big_samples[0].token_ids
+                assert a.finish_reason == b.finish_reason
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_too_long_prefix_raises_a_clear_error(model: LlamaForCausalLM) -> None:
+    eng = engine(model)
+    assert eng.max_context == 128
+    with pytest.raises(ValueError, match=r"prefix of 100 tokens \+ max_new_tokens=29 = 129 exceeds .*=128"):
+        eng.generate([[1, 2], [1] * 100], 1, SamplingParams(max_new_tokens=29))
+    with pytest.raises(ValueError, match="empty prefix"):
+        eng.generate([[]], 1, SamplingParams(max_new_tokens=4))
+    eng.generate([[1] * 100], 1, SamplingParams(max_new_tokens=28))  # exactly fits
+
+
+@pytest.fixture
+def forward_shapes(model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The input_ids shape of every forward call the engine makes."""
+    shapes: list[tuple[int, ...]] = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    return shapes
+
+
+def test_prefix_is_computed_once_per_group(model: LlamaForCausalLM, forward_shapes: list[tuple[int, ...]]) -> None:
+    model.train()
+    progress: list[int] = []
+    params = SamplingParams(temperature=1.0, max_new_tokens=5)
+    engine(model, batch_size=12).generate(PREFIXES, 6, params, generator=seeded(6), on_progress=progress.append)
+
+    assert model.training, "the previous train/eval mode is restored"
+    model.eval()
+    assert progress == [2, 2]
+    prefix_passes = [shape for shape in forward_shapes if shape[1] > 1]
+    assert prefix_passes == [(2, 3), (2, 7)]  # sorted by length: [1,4] + [1,5,6], then [1,12..15] + [1,7..3]
+    assert all(shape == (12, 1) for shape in forward_shapes if shape[1] == 1)
+
+
+def test_decoding_stops_when_every_row_has_finished(
+    model: LlamaForCausalLM, forward_shapes: list[tuple[int, ...]]
+) -> None:
+    params = SamplingParams(temperature=0.0, max_new_tokens=16)
+    (reference,) = engine(model).generate([PREFIXES[0]], 1, params)[0]
+    r = reference.token_ids
+    k = next(i for i in range(1, len(r)) if r[i] not in r[:i])  # the greedy response's first new token after r[0]
+    forward_shapes.clear()
+
+    eng = HFEngine(model, batch_size=4, eos_token_id=r[k], pad_token_id=PAD)  # make r[k] the eos
+    (samples,) = eng.generate([PREFIXES[0]], 4, params)
+    assert all(c.token_ids == r[: k + 1] and c.finish_reason == "stop" for c in samples)
+    assert forward_shapes == [(1, 3)] + [(4, 1)] * k  # the prefix, then tokens 1..k; none after the eos
