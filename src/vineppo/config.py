@@ -46,7 +46,8 @@ class TinyModelConfig(_Section):
 class SFTConfig(_Section):
     """Supervised warm start of the tiny model on gold solutions (cached by config hash)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(500, ge=1)
+    """Enough for the tiny model to converge on the teacher's demonstrations (about 1.5-2.5 min on 2 CPU cores)."""
     batch_size: int = Field(64, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)
@@ -74,6 +75,10 @@ class ArithmeticConfig(_Section):
     train_size: int = Field(20000, ge=1)
     test_size: int = Field(256, ge=1)
     seed: int = 1234
+    teacher_error_facts: float = Field(0.2, ge=0, le=1)
+    """Share of the facts (a op b) on which the SFT teacher holds a misconception (tasks/arithmetic.py)."""
+    teacher_error_rate: float = Field(0.6, ge=0, le=1)
+    """How often the teacher writes its wrong result on those facts."""
 
 
 class TaskConfig(_Section):

@@ -1,10 +1,11 @@
 """Supervised warm start: teach the tiny model the task's format before RL, and cache the result.
 
 RL needs a policy that is right on some problems and wrong on others. The built-in tiny model starts from random
-weights, so it is first trained on gold solutions for a fixed, short budget (config `model.sft`). That budget,
-with the task's difficulty, places its greedy test accuracy in the band where RL has room to improve (see the
-calibration table in ../../docs). The result is cached under `$VINEPPO_CACHE/sft/<hash>/`, keyed by everything
-that determines it, so a second run starts RL at once.
+weights, so it is first trained on the task's SFT demonstrations (`task.sft_problems()`: for the arithmetic task, a
+fallible teacher's, see tasks/arithmetic.py) until it has converged (config `model.sft`); the teacher's
+misconceptions, not an early stop, place its greedy test accuracy in the band where RL has room to improve. The
+result is cached under `$VINEPPO_CACHE/sft/<hash>/`, keyed by everything that determines it, so a second run
+starts RL at once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_devic
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the tokenizer, model or SFT recipe changes in a way the configs do not capture: old caches are then
 ignored."""
 
@@ -170,7 +171,7 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
         model = build_tiny_model(cfg.model.tiny, tokenizer).to(resolve_device(cfg.model.device))
         bar_task = bar.add_task("sft", total=sft.steps, loss=float("nan"))
         stats = train_sft(
-            model, tokenizer, task.train_problems(), sft, on_step=lambda _, loss: bar.update(bar_task, advance=1, loss=loss)
+            model, tokenizer, task.sft_problems(), sft, on_step=lambda _, loss: bar.update(bar_task, advance=1, loss=loss)
         )
 
     tmp = final.with_name(f"{digest}.tmp-{os.getpid()}")

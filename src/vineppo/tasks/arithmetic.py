@@ -15,6 +15,17 @@ one-digit results, a sub-million-parameter model learns the format within a few 
 CPU, and the chain length (`num_ops`) and operand range set how many problems it still gets wrong. The
 step-per-line layout gives VinePPO natural step boundaries.
 
+The SFT teacher is fallible: on a seeded share of the arithmetic facts (`teacher_error_facts`, e.g. 7+9) it
+holds a misconception and writes one fixed wrong result (then carries on consistently from it) in a share
+`teacher_error_rate` of its demonstrations. A model trained on these demonstrations to convergence is therefore
+confidently right on most facts but prefers the wrong result on the misconceived ones, while still giving the
+right one real probability: greedy decoding fails every chain that meets such a fact, sampling sometimes
+succeeds, and an exact reward can teach what the demonstrations got wrong. This is the situation RL fine-tuning
+is used for (imperfect SFT data, exact reward), and it places the SFT model's accuracy by a knob rather than by
+stopping an undertrained model at a lucky moment: an undertrained model is confidently wrong in unstable ways
+and was measured to degrade under RL (docs/quickstart.md). Set `teacher_error_facts: 0` for gold-only SFT data.
+`problem.solution` is always the gold solution; `sft_problems()` gives the teacher's.
+
 Operand distribution: operands are uniform over 0..max_operand, except that the right operand of `*` is drawn
 from 1..max_operand. Zero absorbs under multiplication, so a uniform `*0` would send a large share of the chains
 (and all later steps) to the answer 0; excluding it keeps the answer histogram close to uniform (0 remains the most
@@ -25,6 +36,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Callable
 
 from vineppo.config import ArithmeticConfig
 from vineppo.tasks.base import Grade, Problem
@@ -40,13 +52,19 @@ def _apply(left: int, op: str, right: int) -> int:
     return (left * right) % 10
 
 
-def solve(expression: str) -> tuple[str, int]:
-    """The gold step-by-step solution (without the answer line) and the answer of a prompt expression."""
+Fact = tuple[int, str, int]
+
+
+def solve(expression: str, apply: Callable[[int, str, int], int] = _apply) -> tuple[str, int]:
+    """The step-by-step solution (without the answer line) and the answer of a prompt expression.
+
+    `apply` computes one step; the default is exact arithmetic (the gold solution), the SFT teacher passes its own.
+    """
     value = int(expression[0])
     lines = []
     for i in range(1, len(expression), 2):
         op, right = expression[i], int(expression[i + 1])
-        result = _apply(value, op, right)
+        result = apply(value, op, right)
         lines.append(f"{value}{op}{right}={result}\n")
         value = result
     return "".join(lines), value
@@ -107,6 +125,36 @@ class ArithmeticTask:
 
     def train_problems(self) -> list[Problem]:
         return list(self._train)
+
+    def sft_problems(self) -> list[Problem]:
+        """The training problems with the fallible teacher's solutions (see the module docstring)."""
+        misconceptions = self._misconceptions()
+        rng = random.Random(f"{self.cfg.seed}-teacher")
+
+        def teacher(left: int, op: str, right: int) -> int:
+            wrong = misconceptions.get((left, op, right))
+            if wrong is not None and rng.random() < self.cfg.teacher_error_rate:
+                return wrong
+            return _apply(left, op, right)
+
+        problems = []
+        for problem in self._train:
+            steps, answer = solve(problem.prompt.strip(), teacher)
+            problems.append(Problem(problem.id, problem.prompt, f"{steps}#{answer}", problem.answer))
+        return problems
+
+    def _misconceptions(self) -> dict[Fact, int]:
+        """A seeded `teacher_error_facts` share of all facts (a op b), each with one fixed wrong result."""
+        cfg = self.cfg
+        facts = [
+            (left, op, right)
+            for op in sorted(set(cfg.operators))
+            for left in range(10)
+            for right in range(1 if op == "*" else 0, cfg.max_operand + 1)
+        ]
+        rng = random.Random(f"{cfg.seed}-misconceptions")
+        chosen = rng.sample(facts, round(cfg.teacher_error_facts * len(facts)))
+        return {fact: (_apply(*fact) + rng.randint(1, 9)) % 10 for fact in chosen}
 
     def test_problems(self) -> list[Problem]:
         return list(self._test)

@@ -30,6 +30,10 @@ class Task(Protocol):
 
     def train_problems(self) -> list[Problem]: ...
 
+    def sft_problems(self) -> list[Problem]:
+        """The training problems with the demonstrations SFT learns from (the gold ones unless the task says)."""
+        ...
+
     def test_problems(self) -> list[Problem]: ...
 
     def grade(self, problem: Problem, response: str) -> Grade:
