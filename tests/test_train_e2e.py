@@ -55,6 +55,10 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
     timing_free = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert timing_free(resumed[3]) == pytest.approx(timing_free(records[3]), rel=1e-5, abs=1e-6)
 
+    # Resuming a finished run does nothing and loses nothing.
+    assert main(["train", "--resume", str(run)]) == 0
+    assert read_metrics(run) == resumed
+
 
 def test_bad_config_exits_2_with_one_line(capsys):
     assert main(["train", "algo.k=0"]) == 2
@@ -78,3 +82,11 @@ def test_eval_of_a_missing_model(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "missing"), "logging.progress=false"]) == 2
     err = capsys.readouterr().err
     assert "missing" in err
+
+
+def test_a_new_run_does_not_overwrite_an_old_one(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    assert main(["train", "--run-dir", str(run), *TINY]) == 2
+    assert "already holds a run" in capsys.readouterr().err

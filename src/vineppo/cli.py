@@ -81,6 +81,8 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         cfg = load_config(args.config, args.overrides)
         default_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
+        if (run_dir / CONFIG_FILE).exists():
+            raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --run-dir")
     _prepare_run_dir(run_dir)
     console.print(f"run directory: {run_dir}")
     summary = Trainer(cfg, run_dir, console, resume=bool(args.resume)).train()

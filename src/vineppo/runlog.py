@@ -29,22 +29,27 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 class RunLog:
-    """Appends metric records; on resume, drops records newer than the checkpoint being resumed."""
+    """Appends metric records. Records after iteration `keep_through` (the checkpoint being resumed; -1 for a
+    fresh run) are dropped first, so a resumed run rewrites exactly the iterations it repeats."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_iteration: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool, keep_through: int = -1):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
-        if resume_iteration is not None:
-            kept = [r for r in read_metrics(self.run_dir) if r["iteration"] <= resume_iteration]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.records = [r for r in read_metrics(self.run_dir) if r["iteration"] <= keep_through]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_iteration)
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=keep_through + 1)
+
+    def last(self, key: str) -> float:
+        """The latest logged value of `key` (nan if none)."""
+        return next((r[key] for r in reversed(self.records) if key in r), float("nan"))
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         record = {"iteration": iteration, **metrics}
+        self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self._writer is not None:
