@@ -87,14 +87,12 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     console.print(f"run directory: {run_dir}")
     summary = Trainer(cfg, run_dir, console, resume=bool(args.resume)).train()
     minutes = (time.perf_counter() - started) / 60
-    start = "n/a (resumed)" if summary.initial_accuracy is None else f"{summary.initial_accuracy:.1%}"
-    gain = (
-        "" if summary.initial_accuracy is None
-        else f" ({100 * (summary.final_accuracy - summary.initial_accuracy):+.1f} points)"
-    )
+    gain = 100 * (summary.final_accuracy - summary.initial_accuracy)
     console.print(
-        f"vineppo train: greedy test accuracy {start} before RL -> {summary.final_accuracy:.1%} after "
-        f"{summary.iterations} iterations{gain}, seed {cfg.train.seed}, {minutes:.1f} min in all; run in {run_dir}"
+        f"vineppo train: greedy test accuracy {summary.initial_accuracy:.1%} before RL -> "
+        f"{summary.final_accuracy:.1%} after {summary.iterations} iterations ({gain:+.1f} points), "
+        f"seed {cfg.train.seed}, {minutes:.1f} min in all; run in {run_dir}",
+        soft_wrap=True,
     )
 
 

@@ -62,11 +62,9 @@ def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
 
 @dataclass
 class Summary:
-    run_dir: Path
-    initial_accuracy: float | None
+    initial_accuracy: float  # greedy test accuracy before RL (iteration 0)
     final_accuracy: float
     iterations: int
-    seconds: float
 
 
 class Trainer:
@@ -121,16 +119,13 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------------
     def train(self) -> Summary:
         cfg, tc = self.cfg, self.cfg.train
-        started = time.perf_counter()
-        initial_accuracy = None
         with Bars(self.console, cfg.logging.progress) as bars:
             self.bars = bars
             advance_run = bars.overall("iterations", tc.iterations, completed=self.start_iteration)
             if self.start_iteration == 0:
                 metrics = self.evaluate()
-                initial_accuracy = metrics["eval/accuracy"]
                 self.log.log(0, metrics)
-                self.console.print(f"iteration 0: greedy test accuracy {initial_accuracy:.1%}")
+                self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
             for iteration in range(self.start_iteration, tc.iterations):
                 done = iteration + 1
                 metrics = self.iteration(iteration)
@@ -145,7 +140,8 @@ class Trainer:
                     )
                 advance_run(1)
         self.log.close()
-        return Summary(self.run_dir, initial_accuracy, self.last_accuracy, tc.iterations, time.perf_counter() - started)
+        initial = next((r["eval/accuracy"] for r in self.log.records if r["iteration"] == 0), float("nan"))
+        return Summary(initial, self.last_accuracy, tc.iterations)
 
     def iteration(self, iteration: int) -> dict[str, float]:
         tc, algo = self.cfg.train, self.cfg.algo

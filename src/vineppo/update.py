@@ -72,8 +72,8 @@ def collate_sample_logprobs(episodes: list[Episode], shape: torch.Size) -> torch
 
 
 def _whiten_across(batches: list[PreparedBatch]) -> None:
-    """Whiten advantages over every response token of the iteration (the official code whitens per
-    mini-batch; with one mini-batch per iteration, as in the quickstart, the two agree)."""
+    """Whiten advantages over every response token of the iteration. The official code whitens each mini-batch
+    separately; whitening once makes the advantages independent of how the episodes are cut into mini-batches."""
     flat_adv = torch.cat([b.tokens.advantages.flatten() for b in batches])
     flat_mask = torch.cat([b.tokens.response_mask.flatten() for b in batches])
     white = whiten(flat_adv, flat_mask)
