@@ -84,13 +84,17 @@ def vine_credit(
     token_texts = TokenTexts(decode)
     states: dict[tuple[int, ...], int] = {}  # unique prefix -> request index
     requests: list[tuple[Episode, int]] = []  # (an episode holding that prefix, response tokens in the prefix)
+    episode_states: list[list[int]] = []  # per episode, the request index of each of its step boundaries
     for episode in episodes:
         episode.step_starts = split_steps(token_texts(episode.response_ids), max_value_steps)
+        indices = []
         for start in episode.step_starts:
             key = tuple(episode.prompt_ids + episode.response_ids[:start])
             if key not in states:
                 states[key] = len(requests)
                 requests.append((episode, start))
+            indices.append(states[key])
+        episode_states.append(indices)
 
     if on_total is not None:
         on_total(len(requests))
@@ -113,10 +117,8 @@ def vine_credit(
             mc_unparsed += not grade.parsed
         values.append(sum(rewards) / len(rewards))
 
-    for episode in episodes:
-        episode.step_values = [
-            values[states[tuple(episode.prompt_ids + episode.response_ids[:start])]] for start in episode.step_starts
-        ]
+    for episode, indices in zip(episodes, episode_states):
+        episode.step_values = [values[i] for i in indices]
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
     return VineStats(num_states=len(requests), mc_tokens=mc_tokens, mc_unparsed=mc_unparsed)
