@@ -40,6 +40,7 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
                 "value/mc_mean", "tokens/policy", "tokens/mc", "time/sample", "time/credit", "time/update"):
         assert key in records[1], key
     assert "eval/accuracy" in records[2] and "eval/accuracy" not in records[1]
+    assert records[1]["logprob_gap/sampler_vs_trainer"] < 1e-4  # the engine's log-probs are the trainer's
     assert (run / "checkpoints" / "latest").read_text().strip() == "iter_000003"
     policy = run / "checkpoints" / "iter_000003" / "policy"
     assert (policy / "model.safetensors").is_file()

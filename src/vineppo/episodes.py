@@ -50,9 +50,10 @@ class TokenBatch:
     attention_mask: torch.Tensor  # [B, T]
     response_mask: torch.Tensor  # [B, T-1] 1.0 where the predicted token is a response token
     advantages: torch.Tensor  # [B, T-1]
+    sample_logprobs: torch.Tensor  # [B, T-1] the sampler's log-probs of the response tokens
 
     def to(self, device: torch.device) -> "TokenBatch":
-        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask, self.advantages)))
+        return TokenBatch(**{name: value.to(device) for name, value in vars(self).items()})
 
 
 def collate(episodes: list[Episode], pad_id: int) -> TokenBatch:
@@ -63,11 +64,13 @@ def collate(episodes: list[Episode], pad_id: int) -> TokenBatch:
     attention_mask = torch.zeros((batch, width), dtype=torch.long)
     response_mask = torch.zeros((batch, width - 1))
     advantages = torch.zeros((batch, width - 1))
+    sample_logprobs = torch.zeros((batch, width - 1))
     for row, (episode, length) in enumerate(zip(episodes, lengths)):
         input_ids[row, :length] = torch.tensor(episode.prompt_ids + episode.response_ids)
         attention_mask[row, :length] = 1
-        first = len(episode.prompt_ids) - 1  # prediction position of the first response token
-        response_mask[row, first : length - 1] = 1.0
+        response = slice(len(episode.prompt_ids) - 1, length - 1)  # prediction positions of the response tokens
+        response_mask[row, response] = 1.0
+        sample_logprobs[row, response] = torch.tensor(episode.sample_logprobs)
         if episode.advantages:
-            advantages[row, first : length - 1] = torch.tensor(episode.advantages)
-    return TokenBatch(input_ids, attention_mask, response_mask, advantages)
+            advantages[row, response] = torch.tensor(episode.advantages)
+    return TokenBatch(input_ids, attention_mask, response_mask, advantages, sample_logprobs)

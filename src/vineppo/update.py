@@ -53,22 +53,13 @@ def prepare(
         tokens = collate(group, pad_id).to(device)
         old_logp = forward_logprobs(policy, tokens, temperature)
         ref_logp = forward_logprobs(reference, tokens, temperature)
-        sample_logp = collate_sample_logprobs(group, tokens.response_mask.shape).to(device)
-        gap_sum += ((old_logp - sample_logp).abs() * tokens.response_mask).sum().item()
+        gap_sum += ((old_logp - tokens.sample_logprobs).abs() * tokens.response_mask).sum().item()
         tokens_total += tokens.response_mask.sum().item()
         batches.append(PreparedBatch(tokens, old_logp, ref_logp))
     policy.train(was_training)
     if whiten_advantages:
         _whiten_across(batches)
     return batches, {"logprob_gap/sampler_vs_trainer": gap_sum / max(tokens_total, 1.0)}
-
-
-def collate_sample_logprobs(episodes: list[Episode], shape: torch.Size) -> torch.Tensor:
-    out = torch.zeros(shape)
-    for row, episode in enumerate(episodes):
-        first = len(episode.prompt_ids) - 1
-        out[row, first : first + len(episode.sample_logprobs)] = torch.tensor(episode.sample_logprobs)
-    return out
 
 
 def _whiten_across(batches: list[PreparedBatch]) -> None:
