@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vineppo.credit import EstimatorName
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key and what was expected."""
@@ -100,12 +102,15 @@ class EngineConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    name: Literal["vineppo"] = "vineppo"
+    name: EstimatorName = "vineppo"
+    """The credit estimator, the only thing it changes in a run (vineppo.credit): "vineppo" (MC values at step
+    boundaries), or the group baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized
+    by the group's std) and "rloo" (leave-one-out mean)."""
     k: int = Field(9, ge=1)
-    """MC rollouts per step boundary (paper: 9)."""
+    """MC rollouts per step boundary (paper: 9). Used by vineppo only."""
     max_value_steps: int | None = Field(25, ge=1)
     """Cap on the step boundaries whose value is estimated; later steps are merged into the last one
-    (paper: 25 on GSM8K, none on MATH). None estimates every boundary."""
+    (paper: 25 on GSM8K, none on MATH). None estimates every boundary. Used by vineppo only."""
     whiten_advantages: bool = True
     clip_range: float = Field(0.2, gt=0)
     kl_coef: float = Field(1e-4, ge=0)

@@ -3,7 +3,8 @@
 One iteration, as in the paper's algorithm box:
   1. draw `prompts_per_iteration` training problems (seeded by (seed, iteration), so the data position is the
      iteration number) and sample `samples_per_prompt` responses each with the current policy;
-  2. grade them; VinePPO credit: K MC rollouts from every step boundary -> per-token advantages;
+  2. grade them and assign credit with `algo.name`'s estimator -> per-token advantages (VinePPO: K MC rollouts
+     from every step boundary; GRPO / RLOO: the rewards of the other samples of the same prompt);
   3. PPO update: `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps.
 Greedy test accuracy is measured before the first iteration and every `eval_every` iterations.
 """
@@ -21,6 +22,7 @@ from rich.console import Console
 
 from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
 from vineppo.config import Config, config_to_yaml
+from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
@@ -153,11 +155,8 @@ class Trainer:
         with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
             episodes = self.sample(problems, generator, bar.advance)
 
-        with self.timed("credit", timings), self.bars.phase("MC rollouts", None) as bar:
-            vine = vine_credit(
-                episodes, self.engine, self.task, self.decode, algo.k, self.sampling, algo.max_value_steps,
-                generator=generator, on_progress=bar.advance, on_total=bar.set_total,
-            )
+        with self.timed("credit", timings):
+            credit_metrics = self.assign_credit(episodes, generator)
 
         with self.timed("update", timings):
             batches, gap = prepare(
@@ -188,14 +187,38 @@ class Trainer:
             "advantage/max": advantages.max().item(),
             "value/mc_mean": values.mean().item(),
             "value/mc_std": values.std().item() if values.numel() > 1 else 0.0,
-            "value/states": vine.num_states,
             "value/steps_per_response": sum(len(e.step_starts) for e in episodes) / len(episodes),
             "tokens/policy": policy_tokens,
-            "tokens/mc": vine.mc_tokens,
-            "value/mc_unparsed": vine.mc_unparsed / max(1, vine.num_states * algo.k),
+            **credit_metrics,
             **gap,
             **update_stats,
             **{f"time/{name}": seconds for name, seconds in timings.items()},
+        }
+
+    def assign_credit(self, episodes: list[Episode], generator: torch.Generator) -> dict[str, float]:
+        """Fill every episode's advantages with the estimator `algo.name` names; return its own metrics.
+
+        The group baselines spend no rollouts: `tokens/mc` and `value/mc_unparsed` are 0, `value/states` counts
+        the groups, and the other `value/*` metrics describe the group mean rewards (their `step_values`).
+        """
+        algo = self.cfg.algo
+        if algo.name in GROUP_ESTIMATORS:
+            groups = group_credit(episodes, GROUP_ESTIMATORS[algo.name])
+            return {
+                "value/states": groups.num_groups,
+                "tokens/mc": 0,
+                "value/mc_unparsed": 0.0,
+                "value/equal_reward_groups": groups.equal_reward_groups / groups.num_groups,
+            }
+        with self.bars.phase("MC rollouts", None) as bar:
+            vine = vine_credit(
+                episodes, self.engine, self.task, self.decode, algo.k, self.sampling, algo.max_value_steps,
+                generator=generator, on_progress=bar.advance, on_total=bar.set_total,
+            )
+        return {
+            "value/states": vine.num_states,
+            "tokens/mc": vine.mc_tokens,
+            "value/mc_unparsed": vine.mc_unparsed / max(1, vine.num_states * algo.k),
         }
 
     def sample(self, problems: list[Problem], generator: torch.Generator, advance) -> list[Episode]:
