@@ -91,3 +91,14 @@ def test_a_new_run_does_not_overwrite_an_old_one(tmp_path, capsys):
     (run / "config.yaml").write_text("{}\n")
     assert main(["train", "--run-dir", str(run), *TINY]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_nan_advantages_stop_the_run_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    import vineppo.credit.vine as vine
+
+    monkeypatch.setattr(vine, "step_advantages", lambda values, reward: [float("nan")] * len(values))
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "train.iterations=2"]) == 1
+    err = capsys.readouterr().err
+    assert "iteration 1: the advantages contain NaN or inf" in err and "Traceback" not in err
+    assert not (run / "checkpoints").exists()

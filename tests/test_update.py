@@ -77,3 +77,21 @@ def test_ratio_starts_at_one_and_gap_to_sampler_is_logged(model):
     assert stats["loss/clipfrac"] == 0.0
     assert stats["loss/approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert stats["loss/kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference
+
+
+def test_a_non_finite_gradient_stops_before_the_optimizer_step(model):
+    from vineppo.update import NonFiniteError
+
+    policy = copy.deepcopy(model)
+    eps = episodes()
+    eps[0].advantages[0] = float("inf")
+    batches, _ = prepare(policy, policy, eps, pad_id=0, micro_batch_size=8, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=8,
+                        epochs=1)
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    before = [p.detach().clone() for p in policy.parameters()]
+    with pytest.raises(NonFiniteError, match="gradient norm is"):
+        ppo_update(policy, optimizer, scheduler, batches, AlgoConfig(), train, 1.0, torch.Generator())
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))

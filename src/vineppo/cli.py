@@ -18,9 +18,16 @@ from rich.console import Console
 from transformers.utils import logging as transformers_logging
 
 from vineppo.config import Config, ConfigError, load_config
-from vineppo.models import ModelLoadError
+from vineppo.engine.hf import HFEngine
+from vineppo.evaluate import evaluate_greedy
+from vineppo.models import ModelLoadError, load_model, load_tokenizer, resolve_device
+from vineppo.progress import Bars
+from vineppo.sft import ensure_sft_model
+from vineppo.tasks import build_task
+from vineppo.trainer import CONFIG_FILE, Trainer, TrainingError
 
 USAGE_ERROR = 2
+TRAINING_FAILED = 1
 
 
 class UsageError(Exception):
@@ -66,8 +73,6 @@ def _prepare_run_dir(path: Path) -> Path:
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> None:
-    from vineppo.trainer import CONFIG_FILE, Trainer
-
     started = time.perf_counter()
     if args.resume:
         run_dir = Path(args.resume)
@@ -96,28 +101,16 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
     )
 
 
-def _tiny_sft(cfg: Config, console: Console) -> Path:
-    from vineppo.sft import ensure_sft_model
-
-    if cfg.model.path != "tiny":
-        raise UsageError(f"vineppo sft trains the built-in tiny model; model.path is '{cfg.model.path}'")
-    return ensure_sft_model(cfg, console=console)
-
-
 def cmd_sft(args: argparse.Namespace, console: Console) -> None:
     cfg = load_config(args.config, args.overrides)
-    path = _tiny_sft(cfg, console)
+    if cfg.model.path != "tiny":
+        raise UsageError(f"vineppo sft trains the built-in tiny model; model.path is '{cfg.model.path}'")
+    path = ensure_sft_model(cfg, console=console)
     metrics = _evaluate(cfg, str(path), console)
     console.print(f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%}")
 
 
 def _evaluate(cfg: Config, model_path: str, console: Console) -> dict[str, float]:
-    from vineppo.engine.hf import HFEngine
-    from vineppo.evaluate import evaluate_greedy
-    from vineppo.models import load_model, load_tokenizer, resolve_device
-    from vineppo.progress import Bars
-    from vineppo.tasks import build_task
-
     task = build_task(cfg.task)
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     model = load_model(model_path, cfg.model.dtype, resolve_device(cfg.model.device), cfg.model.trust_remote_code)
@@ -161,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
+    except TrainingError as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]training stopped:[/] {exc}", highlight=False, soft_wrap=True)
+        return TRAINING_FAILED
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume RUN_DIR from the last checkpoint")
         return 130

@@ -11,6 +11,7 @@ Greedy test accuracy is measured before the first iteration and every `eval_ever
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -34,9 +35,13 @@ from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
-from vineppo.update import prepare, ppo_update
+from vineppo.update import NonFiniteError, prepare, ppo_update
 
 CONFIG_FILE = "config.yaml"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message names the iteration and the quantity."""
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -130,7 +135,13 @@ class Trainer:
                 self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
             for iteration in range(self.start_iteration, tc.iterations):
                 done = iteration + 1
-                metrics = self.iteration(iteration)
+                try:
+                    metrics = self.iteration(iteration)
+                except NonFiniteError as exc:
+                    raise TrainingError(
+                        f"iteration {done}: {exc}; stopped without writing a checkpoint (the last good one is in "
+                        f"{self.run_dir / 'checkpoints'})"
+                    ) from exc
                 if done % tc.eval_every == 0 or done == tc.iterations:
                     metrics.update(self.evaluate())
                 self.log.log(done, metrics)
@@ -157,6 +168,8 @@ class Trainer:
 
         with self.timed("credit", timings):
             credit_metrics = self.assign_credit(episodes, generator)
+        if not all(math.isfinite(a) for e in episodes for a in e.advantages):
+            raise NonFiniteError("the advantages contain NaN or inf")
 
         with self.timed("update", timings):
             batches, gap = prepare(

@@ -17,6 +17,10 @@ from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, whiten
 
 
+class NonFiniteError(ArithmeticError):
+    """NaN or inf in a quantity of the update; the message names it."""
+
+
 @dataclass
 class PreparedBatch:
     """A micro-batch on the device with everything the loss needs except the current policy's log-probs."""
@@ -106,6 +110,11 @@ def ppo_update(
                 ):
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
             grad_norm = clip_grad_norm_(policy.parameters(), train.max_grad_norm)
+            if not torch.isfinite(grad_norm):  # stop before the step poisons the weights
+                raise NonFiniteError(
+                    f"the gradient norm is {float(grad_norm)} (policy loss {step_stats['loss/policy']}, "
+                    f"KL {step_stats['loss/kl']})"
+                )
             optimizer.step()
             scheduler.step()
             step_stats["loss/grad_norm"] = float(grad_norm)
