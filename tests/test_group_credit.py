@@ -85,7 +85,7 @@ def test_group_credit_groups_interleaved_episodes_by_prompt():
 
 def test_registry_matches_the_config():
     assert get_args(AlgoConfig.model_fields["name"].annotation) == ESTIMATORS
-    assert set(ESTIMATORS) == {"vineppo", *GROUP_ESTIMATORS}
+    assert set(ESTIMATORS) == {"vineppo", "ppo", *GROUP_ESTIMATORS}
 
 
 def test_algo_name_changes_nothing_else_in_the_config():

@@ -2,8 +2,10 @@
 
 A checkpoint is a directory `checkpoints/iter_NNNNNN/` holding
   policy/            an ordinary Hugging Face model directory (safetensors) with its tokenizer
+  value/             the PPO baseline's value network, also a Hugging Face directory (algo.name == "ppo" only)
   trainer_state.pt   optimizer, scheduler, RNG states (python, numpy, torch) and the iteration, which is also
-                     the data position (iteration i always draws the prompts seeded by (seed, i))
+                     the data position (iteration i always draws the prompts seeded by (seed, i)); with a
+                     value network also its optimizer and scheduler (`extra_state`)
 It is written under a temporary name and renamed into place, and `checkpoints/latest` (a one-line file, itself
 replaced atomically) names the newest one, so a run killed at any moment leaves the last good checkpoint.
 `trainer_state.pt` is read with `torch.load(weights_only=True)`.
@@ -22,6 +24,7 @@ import torch
 
 STATE_FILE = "trainer_state.pt"
 POLICY_DIR = "policy"
+VALUE_DIR = "value"
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
@@ -54,11 +57,17 @@ def set_rng_state(state: dict) -> None:
 class Resumed:
     iteration: int  # the number of completed iterations
     policy_dir: Path
+    value_dir: Path | None  # None when the run has no value network
     state: dict
 
 
-def save_checkpoint(run_dir: Path, iteration: int, policy, tokenizer, optimizer, scheduler, keep: int) -> Path:
-    """Write checkpoint `iteration` (the number of completed iterations) atomically; keep the newest `keep`."""
+def save_checkpoint(
+    run_dir: Path, iteration: int, policy, tokenizer, optimizer, scheduler, keep: int,
+    value_model=None, extra_state: dict | None = None,
+) -> Path:
+    """Write checkpoint `iteration` (the number of completed iterations) atomically; keep the newest `keep`.
+
+    `value_model` is saved as `value/`; `extra_state` (its optimizer and scheduler) joins trainer_state.pt."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"
@@ -66,12 +75,15 @@ def save_checkpoint(run_dir: Path, iteration: int, policy, tokenizer, optimizer,
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / POLICY_DIR, safe_serialization=True)
     tokenizer.save_pretrained(tmp / POLICY_DIR)
+    if value_model is not None:
+        value_model.save_pretrained(tmp / VALUE_DIR, safe_serialization=True)
     torch.save(
         {
             "iteration": iteration,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
+            **(extra_state or {}),
         },
         tmp / STATE_FILE,
     )
@@ -95,4 +107,5 @@ def load_latest(run_dir: Path) -> Resumed | None:
     if not state_file.is_file():
         raise FileNotFoundError(f"{pointer} names {path.name}, but {state_file} is missing")
     state = torch.load(state_file, weights_only=True)
-    return Resumed(iteration=int(state["iteration"]), policy_dir=path / POLICY_DIR, state=state)
+    value_dir = path / VALUE_DIR if (path / VALUE_DIR).is_dir() else None
+    return Resumed(iteration=int(state["iteration"]), policy_dir=path / POLICY_DIR, value_dir=value_dir, state=state)

@@ -105,12 +105,23 @@ class AlgoConfig(_Section):
     name: EstimatorName = "vineppo"
     """The credit estimator, the only thing it changes in a run (vineppo.credit): "vineppo" (MC values at step
     boundaries), or the group baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized
-    by the group's std) and "rloo" (leave-one-out mean)."""
+    by the group's std) and "rloo" (leave-one-out mean), or "ppo" (a value network trained alongside the policy,
+    token-level GAE; PAPER-NOTES 2.5)."""
     k: int = Field(9, ge=1)
     """MC rollouts per step boundary (paper: 9). Used by vineppo only."""
     max_value_steps: int | None = Field(25, ge=1)
     """Cap on the step boundaries whose value is estimated; later steps are merged into the last one
     (paper: 25 on GSM8K, none on MATH). None estimates every boundary. Used by vineppo only."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """GAE discount (paper: 1.0, PAPER-NOTES 2.5). Used by ppo only."""
+    lam: float = Field(1.0, ge=0, le=1)
+    """GAE lambda (paper: 1.0; `lam1.jsonnet` overrides the 0.96 of `ppo_MATH.jsonnet`). Used by ppo only."""
+    value_clip_range: float = Field(0.2, gt=0)
+    """How far a value may move from the value that computed the returns before the clipped value loss stops
+    rewarding it (paper: 0.2, PAPER-NOTES 2.5). Used by ppo only."""
+    value_lr: float | None = Field(None, gt=0)
+    """The value network's learning rate; None uses `train.lr`, as the paper does (same LR and schedule as the
+    actor, PAPER-NOTES 2.5). Used by ppo only."""
     whiten_advantages: bool = True
     clip_range: float = Field(0.2, gt=0)
     kl_coef: float = Field(1e-4, ge=0)

@@ -1,4 +1,4 @@
-"""Policy loss, KL estimators, advantage whitening and token aggregation: pure tensor functions.
+"""Policy loss, value loss, KL estimators, advantage whitening and token aggregation: pure tensor functions.
 
 All per-token tensors are [B, T] with a float `mask` that is 1 on response tokens. Losses are returned as *sums*
 over tokens divided by a caller-supplied `num_tokens`, the response-token count of the whole mini-batch (across
@@ -119,3 +119,23 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    num_tokens: int | float,
+    clip_range: float,
+) -> torch.Tensor:
+    """0.5 max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2), token-summed and divided by `num_tokens`.
+
+    The PPO baseline's value loss (PAPER-NOTES 2.5): like the policy ratio, the value may not move more than
+    `clip_range` away from the value that computed the returns without the loss noticing.
+    """
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    loss = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return masked_sum(loss, mask) / num_tokens

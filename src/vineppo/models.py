@@ -6,12 +6,15 @@ Every model here is an ordinary `transformers` model, so a run's checkpoint dire
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -116,6 +119,39 @@ def load_model(
             f"cannot load a model from '{path}': expected a local model directory (config.json + weights) "
             f"or a Hugging Face hub id ({exc})"
         ) from exc
+    return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
+
+
+def load_value_model(
+    path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The PPO baseline's value network: the policy's architecture with a scalar head on every token's last hidden
+    state (PAPER-NOTES 2.5), as transformers' `AutoModelForTokenClassification` with one label (`score` head).
+
+    From a causal LM (the SFT model) the body is copied and the new head is initialised as in the paper: weights
+    N(0, std 1/sqrt(h + 1)), bias 0 (the head has a bias, as the paper's). From a saved value network (a resumed
+    run's `value/` directory) the trained head is kept. The head's dropout (transformers' default 0.1) is turned
+    off: PAPER-NOTES records none, and with it the values of the credit pass and of the update would differ.
+    """
+    _check_source(path)
+    local = Path(path).expanduser()
+    source = str(local) if local.exists() else str(path)
+    try:
+        config = AutoConfig.from_pretrained(source, num_labels=1, trust_remote_code=trust_remote_code)
+        config.classifier_dropout = 0.0
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            source,
+            config=config,
+            dtype=_DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a value network from '{path}' ({exc})") from exc
+    if "score.weight" in info["missing_keys"]:
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, 1.0 / math.sqrt(model.score.in_features + 1))
+            model.score.bias.zero_()
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
 
 

@@ -4,8 +4,10 @@ One iteration, as in the paper's algorithm box:
   1. draw `prompts_per_iteration` training problems (seeded by (seed, iteration), so the data position is the
      iteration number) and sample `samples_per_prompt` responses each with the current policy;
   2. grade them and assign credit with `algo.name`'s estimator -> per-token advantages (VinePPO: K MC rollouts
-     from every step boundary; GRPO / RLOO: the rewards of the other samples of the same prompt);
-  3. PPO update: `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps.
+     from every step boundary; GRPO / RLOO: the rewards of the other samples of the same prompt; PPO: a value
+     network's predictions and GAE);
+  3. PPO update: `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps (PPO: then `epochs`
+     passes of the value network's clipped value loss, vineppo.critic).
 Greedy test accuracy is measured before the first iteration and every `eval_every` iterations.
 """
 
@@ -23,13 +25,14 @@ from rich.console import Console
 
 from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
 from vineppo.config import Config, config_to_yaml
+from vineppo.critic import Critic
 from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
 from vineppo.episodes import Episode, grade_response
 from vineppo.evaluate import evaluate_greedy
-from vineppo.models import load_model, load_tokenizer, resolve_device
+from vineppo.models import load_model, load_tokenizer, load_value_model, resolve_device
 from vineppo.progress import Bars
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
@@ -96,17 +99,22 @@ class Trainer:
         self.sampling = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
 
         tc = cfg.train
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=tc.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
-        )
-        steps_per_iteration = tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
-        total_steps = tc.iterations * steps_per_iteration
-        self.scheduler = linear_warmup_decay(self.optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+        self.optimizer, self.scheduler = self.optimizer_and_schedule(self.policy, tc.lr)
+        self.critic: Critic | None = None
+        if cfg.algo.name == "ppo":
+            if resumed and resumed.value_dir is None:
+                raise FileNotFoundError(f"the checkpoint of iteration {resumed.iteration} has no value network")
+            value_path = str(resumed.value_dir) if resumed else init_path
+            value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code)
+            value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
+            self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
 
         self.start_iteration = 0
         if resumed:
             self.optimizer.load_state_dict(resumed.state["optimizer"])
             self.scheduler.load_state_dict(resumed.state["scheduler"])
+            if self.critic is not None:
+                self.critic.load_state_dict(resumed.state)
             set_rng_state(resumed.state["rng"])
             self.start_iteration = resumed.iteration
             self.console.print(f"resuming {self.run_dir} after iteration {resumed.iteration}")
@@ -115,6 +123,17 @@ class Trainer:
         self.log = RunLog(self.run_dir, cfg.logging.tensorboard, keep_through=self.start_iteration if resumed else -1)
         self.last_accuracy = self.log.last("eval/accuracy")
         (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
+
+    def optimizer_and_schedule(self, model, lr: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """AdamW and the warmup-decay schedule over the run's optimizer steps (the policy's and the value
+        network's alike, PAPER-NOTES 2.5)."""
+        tc = self.cfg.train
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
+        )
+        steps_per_iteration = tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
+        total_steps = tc.iterations * steps_per_iteration
+        return optimizer, linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -150,6 +169,8 @@ class Trainer:
                     save_checkpoint(
                         self.run_dir, done, self.policy, self.tokenizer, self.optimizer, self.scheduler,
                         cfg.logging.keep_checkpoints,
+                        value_model=self.critic.model if self.critic else None,
+                        extra_state=self.critic.state_dict() if self.critic else None,
                     )
                 advance_run(1)
         self.log.close()
@@ -182,6 +203,10 @@ class Trainer:
                     self.policy, self.optimizer, self.scheduler, batches, algo, tc, self.sampling.temperature,
                     torch.Generator().manual_seed(seed), on_step=bar.advance,
                 )
+            if self.critic is not None:
+                with self.bars.phase("value update", steps) as bar:
+                    value_stats = self.critic.update(torch.Generator().manual_seed(seed), on_step=bar.advance)
+                update_stats.update(value_stats)
 
         rewards = torch.tensor([e.reward for e in episodes])
         advantages = torch.tensor([a for e in episodes for a in e.advantages] or [0.0])
@@ -213,8 +238,12 @@ class Trainer:
 
         The group baselines spend no rollouts: `tokens/mc` and `value/mc_unparsed` are 0, `value/states` counts
         the groups, and the other `value/*` metrics describe the group mean rewards (their `step_values`).
+        PPO spends none either; its `value/*` metrics describe the value network's predictions at the step
+        boundaries, and `value/states` counts those boundaries.
         """
         algo = self.cfg.algo
+        if algo.name == "ppo":
+            return self.critic.assign_credit(episodes, self.engine.pad_token_id, self.decode, self.device)
         if algo.name in GROUP_ESTIMATORS:
             groups = group_credit(episodes, GROUP_ESTIMATORS[algo.name])
             return {

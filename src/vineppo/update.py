@@ -8,6 +8,7 @@ sampling temperature T, as the official code does (PAPER-NOTES 2.4).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch.nn.utils import clip_grad_norm_
@@ -40,7 +41,7 @@ def forward_logprobs(model, tokens: TokenBatch, temperature: float, with_entropy
     return logp, entropy
 
 
-def _micro_batches(episodes: list[Episode], size: int) -> list[list[Episode]]:
+def micro_batches(episodes: list[Episode], size: int) -> list[list[Episode]]:
     return [episodes[i : i + size] for i in range(0, len(episodes), size)]
 
 
@@ -53,7 +54,7 @@ def prepare(
     was_training = policy.training
     policy.eval()
     batches, gap_sum, tokens_total = [], 0.0, 0.0
-    for group in _micro_batches(episodes, micro_batch_size):
+    for group in micro_batches(episodes, micro_batch_size):
         tokens = collate(group, pad_id).to(device)
         old_logp = forward_logprobs(policy, tokens, temperature)
         ref_logp = forward_logprobs(reference, tokens, temperature)
@@ -79,15 +80,25 @@ def _whiten_across(batches: list[PreparedBatch]) -> None:
         offset += n
 
 
-def ppo_update(
-    policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
-    temperature: float, generator: torch.Generator, on_step=None,
+MicroLoss = Callable[[Any, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(micro-batch, mini-batch token count) -> (loss to backpropagate, detached statistics summed over the step)."""
+
+
+def minibatch_steps(
+    model, optimizer, scheduler, batches: list, train: TrainConfig, generator: torch.Generator,
+    micro_loss: MicroLoss, on_step=None,
 ) -> dict[str, float]:
-    """`train.epochs` passes over the micro-batches in shuffled order, one optimizer step per mini-batch."""
+    """`train.epochs` passes over the micro-batches in shuffled order, one clipped optimizer step per mini-batch.
+
+    Each micro-batch's loss is divided by the response-token count of its whole mini-batch, so accumulating
+    the micro-batch gradients gives exactly the mini-batch's token-mean. Shared by the policy and value updates,
+    so that with generators seeded alike they visit the same mini-batches. Returns the per-step means of
+    `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last `lr`.
+    """
     per_step = train.mini_batch_size // train.micro_batch_size
     sums: dict[str, float] = {}
     steps = 0
-    policy.train()
+    model.train()
     for _ in range(train.epochs):
         order = torch.randperm(len(batches), generator=generator).tolist()
         for first in range(0, len(order), per_step):
@@ -96,33 +107,46 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
             for b in group:
-                logp, entropy = forward_logprobs(policy, b.tokens, temperature, with_entropy=True)
-                out = ppo_policy_loss(
-                    logp, b.old_logp, b.ref_logp, b.tokens.advantages, b.tokens.response_mask, num_tokens,
-                    algo.clip_range, algo.kl_coef, algo.kl_estimator,
-                )
-                out.loss.backward()
-                mask = b.tokens.response_mask
-                for name, value in (
-                    ("loss/policy", out.pg_loss), ("loss/kl", out.kl), ("loss/clipfrac", out.clip_fraction),
-                    ("loss/approx_kl", out.approx_kl),
-                    ("policy/entropy", (entropy * mask).sum() / num_tokens),
-                ):
+                loss, stats = micro_loss(b, num_tokens)
+                loss.backward()
+                for name, value in stats.items():
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
-            grad_norm = clip_grad_norm_(policy.parameters(), train.max_grad_norm)
+            grad_norm = clip_grad_norm_(model.parameters(), train.max_grad_norm)
             if not torch.isfinite(grad_norm):  # stop before the step poisons the weights
-                raise NonFiniteError(
-                    f"the gradient norm is {float(grad_norm)} (policy loss {step_stats['loss/policy']}, "
-                    f"KL {step_stats['loss/kl']})"
-                )
+                losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))
+                raise NonFiniteError(f"the gradient norm is {float(grad_norm)} ({losses})")
             optimizer.step()
             scheduler.step()
-            step_stats["loss/grad_norm"] = float(grad_norm)
+            step_stats["grad_norm"] = float(grad_norm)
             for name, value in step_stats.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
             if on_step is not None:
                 on_step()
     stats = {name: value / steps for name, value in sums.items()}
-    stats["train/lr"] = scheduler.get_last_lr()[0]
+    stats["lr"] = scheduler.get_last_lr()[0]
+    return stats
+
+
+def ppo_update(
+    policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
+    temperature: float, generator: torch.Generator, on_step=None,
+) -> dict[str, float]:
+    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches."""
+
+    def micro_loss(b: PreparedBatch, num_tokens: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp, entropy = forward_logprobs(policy, b.tokens, temperature, with_entropy=True)
+        out = ppo_policy_loss(
+            logp, b.old_logp, b.ref_logp, b.tokens.advantages, b.tokens.response_mask, num_tokens,
+            algo.clip_range, algo.kl_coef, algo.kl_estimator,
+        )
+        return out.loss, {
+            "loss/policy": out.pg_loss, "loss/kl": out.kl, "loss/clipfrac": out.clip_fraction,
+            "loss/approx_kl": out.approx_kl,
+            "policy/entropy": (entropy * b.tokens.response_mask).sum() / num_tokens,
+        }
+
+    stats = minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step)
+    stats["loss/grad_norm"] = stats.pop("grad_norm")
+    stats["train/lr"] = stats.pop("lr")
     return stats
