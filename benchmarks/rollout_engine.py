@@ -1,0 +1,137 @@
+"""VinePPO's MC-rollout workload through three decoders, side by side in one run.
+
+The workload is one quickstart iteration's value estimation: the policy samples `--prompts` x `--samples`
+responses, they are cut into steps, and every distinct step prefix asks for K continuations (each capped at
+max_new_tokens minus the response tokens already in the prefix, as in training). Timed on it:
+
+  (a) naive    one `model.generate` per prefix with num_return_sequences=K (the prefix is recomputed K times)
+  (b) engine   vineppo's HFEngine: prefixes batched by length, each prefix computed once, its KV cache expanded
+  (c) ceiling  the bare model: the same groups, one prefix forward and as many one-token KV-cached forwards as (b)
+               decoded, with no sampling or bookkeeping at all
+
+It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS.
+
+    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+from transformers import DynamicCache
+
+from vineppo.config import Config
+from vineppo.credit.vine import TokenTexts
+from vineppo.engine.base import SamplingParams
+from vineppo.engine.hf import HFEngine
+from vineppo.models import load_model, load_tokenizer
+from vineppo.sft import ensure_sft_model
+from vineppo.steps import split_steps
+from vineppo.tasks import build_task
+
+
+def step_prefixes(engine, tokenizer, task, params, prompts: int, samples: int) -> tuple[list[list[int]], list[int]]:
+    """The distinct step prefixes of one iteration's responses, and each one's token budget."""
+    problems = task.train_problems()[:prompts]
+    prompt_ids = [tokenizer(p.prompt).input_ids for p in problems]
+    groups = engine.generate(prompt_ids, samples, params, generator=torch.Generator().manual_seed(0))
+    texts = TokenTexts(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+    budgets: dict[tuple[int, ...], int] = {}
+    for prompt, group in zip(prompt_ids, groups):
+        for completion in group:
+            for start in split_steps(texts(completion.token_ids)):
+                budgets[tuple(prompt + completion.token_ids[:start])] = params.max_new_tokens - start
+    return [list(p) for p in budgets], list(budgets.values())
+
+
+def naive(model, tokenizer, prefixes, budgets, k, params) -> int:
+    tokens = 0
+    for prefix, budget in zip(prefixes, budgets):
+        out = model.generate(
+            torch.tensor([prefix]), do_sample=True, temperature=params.temperature, top_p=params.top_p,
+            max_new_tokens=budget, num_return_sequences=k, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, attention_mask=torch.ones(1, len(prefix), dtype=torch.long),
+        )
+        new = out[:, len(prefix):]
+        tokens += int((new != tokenizer.pad_token_id).sum())
+    return tokens
+
+
+@torch.inference_mode()
+def ceiling(model, engine, prefixes, k, decode_steps: list[int]) -> None:
+    """Prefix forward + `decode_steps[g]` one-token forwards for each of the engine's groups, nothing else."""
+    for (indices, repeats, _), steps in zip(engine._plan(prefixes, k), decode_steps):
+        group = [prefixes[i] for i in indices]
+        width = max(map(len, group))
+        ids = torch.tensor([[engine.pad_token_id] * (width - len(p)) + p for p in group])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in group])[:, None]).long()
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{engine._cache_kwarg: cache})
+        cache.batch_repeat_interleave(repeats)
+        mask = mask.repeat_interleave(repeats, 0)
+        token = torch.zeros(mask.shape[0], 1, dtype=torch.long)
+        positions = mask.sum(-1, keepdim=True)
+        for _ in range(steps - 1):
+            mask = torch.cat([mask, torch.ones_like(token)], 1)
+            model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True,
+                  **{engine._cache_kwarg: cache})
+            positions = positions + 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, nargs="+", default=[3, 9])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    cfg = Config()
+    path = ensure_sft_model(cfg)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path).eval()
+    engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+    params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
+    task = build_task(cfg.task)
+    prefixes, budgets = step_prefixes(engine, tokenizer, task, params, args.prompts, args.samples)
+    print(f"workload: {len(prefixes)} distinct step prefixes from {args.prompts} x {args.samples} responses, "
+          f"torch threads {torch.get_num_threads()}")
+
+    for k in args.k:
+        # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.
+        engine_s = ceiling_s = float("inf")
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            results = engine.generate(prefixes, k, params, generator=torch.Generator().manual_seed(1), budgets=budgets)
+            engine_s = min(engine_s, time.perf_counter() - started)
+            decode_steps = [
+                max(len(c.token_ids) for i in indices for c in results[i]) for indices, _, _ in engine._plan(prefixes, k)
+            ]
+            started = time.perf_counter()
+            ceiling(model, engine, prefixes, k, decode_steps)
+            ceiling_s = min(ceiling_s, time.perf_counter() - started)
+        engine_tokens = sum(len(c.token_ids) for group in results for c in group)
+
+        torch.manual_seed(2)
+        started = time.perf_counter()
+        naive_tokens = naive(model, tokenizer, prefixes, budgets, k, params)
+        naive_s = time.perf_counter() - started
+
+        engine_tps, naive_tps = engine_tokens / engine_s, naive_tokens / naive_s
+        ceiling_tps = engine_tokens / ceiling_s
+        print(json.dumps({
+            "k": k,
+            "naive_tokens_per_s": round(naive_tps), "engine_tokens_per_s": round(engine_tps),
+            "ceiling_tokens_per_s": round(ceiling_tps),
+            "engine_over_naive": round(engine_tps / naive_tps, 2), "engine_over_ceiling": round(engine_tps / ceiling_tps, 2),
+            "seconds": {"naive": round(naive_s, 2), "engine": round(engine_s, 2), "ceiling": round(ceiling_s, 2)},
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        }))
+
+
+if __name__ == "__main__":
+    main()
