@@ -16,7 +16,7 @@ from vineppo.losses import clipped_value_loss
 from vineppo.models import build_char_tokenizer, build_tiny_model, load_value_model
 from vineppo.runlog import read_metrics
 
-from test_train_e2e import TINY
+from tiny import TINY
 
 
 def closed_form(rewards, values, gamma, lam):
@@ -93,11 +93,6 @@ def test_explained_variance():
     assert explained_variance(torch.full_like(targets, 0.5), targets, mask) == pytest.approx(0.0)
     assert explained_variance(1.0 - targets, targets, mask) == pytest.approx(-3.0)  # error 2x the spread
     assert explained_variance(torch.rand(1, 5), torch.full((1, 5), 1e-7), mask) == 0.0  # constant targets
-
-
-@pytest.fixture
-def sft_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("VINEPPO_CACHE", str(tmp_path_factory.getbasetemp() / "vineppo-cache"))
 
 
 @pytest.mark.slow

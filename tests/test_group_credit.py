@@ -14,16 +14,8 @@ from vineppo.episodes import Episode
 from vineppo.runlog import read_metrics
 from vineppo.tasks.base import Problem
 
-# The tiny settings of test_train_e2e.py.
-TINY = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.intermediate_size=64",
-    "model.sft.steps=30", "model.sft.batch_size=16",
-    "task.arithmetic.num_ops=2", "task.arithmetic.train_size=200", "task.arithmetic.test_size=8",
-    "engine.max_new_tokens=24", "algo.k=2",
-    "train.prompts_per_iteration=4", "train.samples_per_prompt=2", "train.mini_batch_size=4",
-    "train.micro_batch_size=2", "train.eval_every=2", "train.checkpoint_every=1",
-    "logging.progress=false", "logging.keep_checkpoints=3",
-]
+from tiny import TINY, sft_cache_dir
+
 PROBLEM = Problem(id="p", prompt="", solution="", answer="")
 
 
@@ -103,7 +95,7 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     records = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VINEPPO_CACHE", str(base / "vineppo-cache"))
+        mp.setenv("VINEPPO_CACHE", sft_cache_dir(base))
         for name in ESTIMATORS:
             run = base / f"run-{name}"
             assert main(["train", "--run-dir", str(run), *TINY, "train.iterations=2", f"algo.name={name}"]) == 0

@@ -1,6 +1,5 @@
 """A few iterations of the whole pipeline at tiny sizes: run directory contents, CLI errors, exact resume."""
 
-import json
 import shutil
 
 import pytest
@@ -9,20 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vineppo.cli import main
 from vineppo.runlog import read_metrics
 
-TINY = [
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.intermediate_size=64",
-    "model.sft.steps=30", "model.sft.batch_size=16",
-    "task.arithmetic.num_ops=2", "task.arithmetic.train_size=200", "task.arithmetic.test_size=8",
-    "engine.max_new_tokens=24", "algo.k=2",
-    "train.prompts_per_iteration=4", "train.samples_per_prompt=2", "train.mini_batch_size=4",
-    "train.micro_batch_size=2", "train.eval_every=2", "train.checkpoint_every=1",
-    "logging.progress=false", "logging.keep_checkpoints=3",
-]
+from tiny import TINY
 
-
-@pytest.fixture(autouse=True)
-def sft_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("VINEPPO_CACHE", str(tmp_path_factory.getbasetemp() / "vineppo-cache"))
+pytestmark = pytest.mark.usefixtures("sft_cache")
 
 
 @pytest.mark.slow
