@@ -136,3 +136,11 @@ def test_cap_on_value_steps_merges_the_tail():
     assert len(engine.calls[0]) == 2
     tail = episode.advantages[2:]
     assert tail == [1.0 - episode.step_values[1]] * len(tail)
+
+
+def test_a_response_cut_off_at_the_length_limit_earns_nothing():
+    from vineppo.episodes import grade_response
+
+    full = "H\nH\nT\n"
+    assert grade_response(CoinTask(), PROBLEM, full, "stop").reward == 1.0
+    assert grade_response(CoinTask(), PROBLEM, full, "length").reward == 0.0

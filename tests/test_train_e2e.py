@@ -90,3 +90,10 @@ def test_nan_advantages_stop_the_run_without_a_checkpoint(tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "iteration 1: the advantages contain NaN or inf" in err and "Traceback" not in err
     assert not (run / "checkpoints").exists()
+
+
+def test_prompt_plus_generation_longer_than_the_context(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "run"), *TINY, "engine.max_new_tokens=125"]) == 2
+    err = capsys.readouterr().err
+    assert "exceeds the model's max_position_embeddings=128 (lower engine.max_new_tokens" in err
+    assert "Traceback" not in err

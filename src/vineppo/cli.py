@@ -18,6 +18,7 @@ from rich.console import Console
 from transformers.utils import logging as transformers_logging
 
 from vineppo.config import Config, ConfigError, load_config
+from vineppo.engine.base import ContextLengthError
 from vineppo.engine.hf import HFEngine
 from vineppo.evaluate import evaluate_greedy
 from vineppo.models import ModelLoadError, load_model, load_tokenizer, resolve_device
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
-    except (ConfigError, ModelLoadError, UsageError) as exc:
+    except (ConfigError, ContextLengthError, ModelLoadError, UsageError) as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

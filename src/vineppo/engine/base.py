@@ -13,6 +13,10 @@ from typing import Callable, Literal, Protocol, Sequence
 import torch
 
 
+class ContextLengthError(ValueError):
+    """A prefix plus the tokens asked for would not fit in the model's context."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample. `temperature == 0` means greedy decoding (top_p is then ignored)."""

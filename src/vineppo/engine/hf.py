@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from vineppo.engine.base import Completion, ProgressCallback, SamplingParams
+from vineppo.engine.base import Completion, ContextLengthError, ProgressCallback, SamplingParams
 
 
 class HFEngine:
@@ -64,9 +64,9 @@ class HFEngine:
             raise ValueError("cannot continue an empty prefix: it needs at least one token (e.g. BOS)")
         limit = self.max_context
         if limit is not None and prefix_len + max_new_tokens > limit:
-            raise ValueError(
+            raise ContextLengthError(
                 f"prefix of {prefix_len} tokens + max_new_tokens={max_new_tokens} = {prefix_len + max_new_tokens} "
-                f"exceeds the model's max_position_embeddings={limit}"
+                f"exceeds the model's max_position_embeddings={limit} (lower engine.max_new_tokens or shorten the prompts)"
             )
 
     def generate(
