@@ -81,6 +81,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, console: Console | None = None, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.console = console or Console(stderr=True)
         self.device = resolve_device(cfg.model.device)
         self.task = build_task(cfg.task)
