@@ -26,7 +26,7 @@ from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
 from vineppo.credit.vine import TokenTexts
 from vineppo.episodes import Episode, TokenBatch, collate
-from vineppo.losses import clipped_value_loss, masked_sum
+from vineppo.losses import clipped_value_loss, masked_mean_var
 from vineppo.steps import split_steps
 from vineppo.update import micro_batches, minibatch_steps
 
@@ -54,14 +54,11 @@ def explained_variance(
     It is undefined when the targets do not vary (every reward of the iteration equal, with gamma = 1: the
     returns are then equal up to rounding); it is reported as 0 there, as `whiten` does, rather than as
     rounding noise divided by ~0."""
-    count = mask.sum()
-    mean = masked_sum(targets, mask) / count
-    var = masked_sum((targets - mean) ** 2, mask) / count
+    _, var = masked_mean_var(targets, mask)
     if var <= eps:
         return 0.0
-    error = targets - predicted
-    error_mean = masked_sum(error, mask) / count
-    return float(1.0 - masked_sum((error - error_mean) ** 2, mask) / count / var)
+    _, error_var = masked_mean_var(targets - predicted, mask)
+    return float(1.0 - error_var / var)
 
 
 class Critic:

@@ -94,17 +94,24 @@ def ppo_policy_loss(
         )
 
 
+def masked_mean_var(
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of the masked entries (divided by count - 1 when `unbiased`)."""
+    count = mask.sum()
+    mean = masked_sum(values, mask) / count
+    return mean, masked_sum((values - mean) ** 2, mask) / (count - 1 if unbiased else count)
+
+
 def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / std over the masked entries (unbiased variance, as the official code's masked_whiten).
 
     When every masked value is equal (e.g. every reward of the batch equal, so every VinePPO advantage is 0)
     the result is 0 rather than a division by zero.
     """
-    count = mask.sum()
-    if count < 2:
+    if mask.sum() < 2:
         return torch.zeros_like(values)
-    mean = masked_sum(values, mask) / count
-    var = masked_sum((values - mean) ** 2, mask) / (count - 1)
+    mean, var = masked_mean_var(values, mask, unbiased=True)
     if var <= eps:
         return torch.zeros_like(values)
     return (values - mean) * torch.rsqrt(var + eps) * mask
