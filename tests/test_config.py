@@ -36,7 +36,7 @@ def test_quickstart_yaml_is_the_default_config():
         ("train.mini_batch_size=100", "mini_batch_size (100) must divide the episodes per iteration"),
         ("model.tiny.num_heads=3", "hidden_size (128) must be divisible by num_heads (3)"),
         ("task.arithmetic.operators=+/", "task.arithmetic.operators"),
-        ("algo.name=reinforce", "algo.name: Input should be 'vineppo', 'grpo', 'rloo' or 'ppo'"),
+        ("algo.name=reinforce", "algo.name: Input should be 'vineppo', 'ppo', 'grpo', 'rloo', 'restem' or 'dpo_plus'"),
     ],
 )
 def test_impossible_values_name_the_key(override, expected):

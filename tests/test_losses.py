@@ -19,7 +19,7 @@ def exact_expected_grad(estimator, logits, ref_logits, old_logits):
     logp = torch.log_softmax(logits, -1)
     old = torch.log_softmax(old_logits, -1)
     ref = torch.log_softmax(ref_logits, -1)
-    term = kl_loss_terms(logp, old, ref, estimator)
+    term, _ = kl_loss_terms(logp, old, ref, estimator)
     (old.exp() * term).sum().backward()
     return logits.grad
 
@@ -63,7 +63,7 @@ def test_ppo_clipped_surrogate_by_hand():
     logp = torch.log(torch.tensor([[1.5, 1.5, 0.5, 1.1]]))  # ratios 1.5, 1.5, 0.5, 1.1
     adv = torch.tensor([[1.0, -1.0, -2.0, 3.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
-    out = ppo_policy_loss(logp, old, logp.clone(), adv, mask, num_tokens=4, clip_range=0.2, kl_coef=0.0)
+    out = ppo_policy_loss(logp, old, logp.clone(), adv, mask / 4, clip_range=0.2, kl_coef=0.0)
     # per token: max(-1.5, -1.2) = -1.2 (clipped); max(1.5, 1.2) = 1.5; max(1.0, 1.6) = 1.6 (clipped); -3.3
     assert out.loss.item() == pytest.approx((-1.2 + 1.5 + 1.6 - 3.3) / 4)
     assert out.clip_fraction.item() == pytest.approx(2 / 4)
@@ -75,7 +75,7 @@ def test_ppo_loss_gradient_vanishes_where_clipped_and_respects_mask():
     old = torch.zeros(1, 3)
     adv = torch.tensor([[1.0, 2.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    out = ppo_policy_loss(logp, old, old, adv, mask, num_tokens=2, clip_range=0.2, kl_coef=0.0)
+    out = ppo_policy_loss(logp, old, old, adv, mask / 2, clip_range=0.2, kl_coef=0.0)
     out.loss.backward()
     # token 0 is clipped (no gradient), token 1: d(-A*rho)/dlogp = -A*rho/2 = -1, token 2 is masked
     assert logp.grad[0].tolist() == pytest.approx([0.0, -1.0, 0.0])
@@ -85,8 +85,8 @@ def test_kl_term_enters_with_its_coefficient():
     logp = torch.log(torch.tensor([[0.5, 0.2]]))
     ref = torch.log(torch.tensor([[0.25, 0.4]]))
     mask = torch.ones(1, 2)
-    base = ppo_policy_loss(logp, logp, ref, torch.zeros(1, 2), mask, 2, 0.2, kl_coef=0.0).loss
-    with_kl = ppo_policy_loss(logp, logp, ref, torch.zeros(1, 2), mask, 2, 0.2, kl_coef=0.1).loss
+    base = ppo_policy_loss(logp, logp, ref, torch.zeros(1, 2), mask / 2, 0.2, kl_coef=0.0).loss
+    with_kl = ppo_policy_loss(logp, logp, ref, torch.zeros(1, 2), mask / 2, 0.2, kl_coef=0.1).loss
     expected_kl = kl_estimate(logp, ref, "k3").sum() / 2
     assert (with_kl - base).item() == pytest.approx(0.1 * expected_kl.item())
 

@@ -34,12 +34,12 @@ def episodes(count=8, seed=0):
     return out
 
 
-def one_step(model, micro_batch_size, whiten=True):
+def one_step(model, micro_batch_size, whiten=True, aggregation="token_mean"):
     policy = copy.deepcopy(model)
     reference = copy.deepcopy(model)
     train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8,
                         micro_batch_size=micro_batch_size, epochs=1, max_grad_norm=1e9)
-    algo = AlgoConfig(kl_coef=0.1)
+    algo = AlgoConfig(kl_coef=0.1, loss_aggregation=aggregation)
     batches, _ = prepare(policy, reference, episodes(), pad_id=0, micro_batch_size=micro_batch_size,
                          temperature=0.7, whiten_advantages=whiten, device=torch.device("cpu"))
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
@@ -53,15 +53,25 @@ def one_step(model, micro_batch_size, whiten=True):
     return [p.detach() - b for p, b in zip(policy.parameters(), before)], stats
 
 
-def test_micro_batching_leaves_the_update_unchanged(model):
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean"])
+def test_micro_batching_leaves_the_update_unchanged(model, aggregation):
+    """Fails if a micro-batch is normalised by its own token or sequence count instead of its mini-batch's."""
     torch.manual_seed(1)
-    full, _ = one_step(model, micro_batch_size=8)
+    full, _ = one_step(model, micro_batch_size=8, aggregation=aggregation)
     for micro in (1, 2, 4):
         torch.manual_seed(1)
-        split, _ = one_step(model, micro_batch_size=micro)
+        split, _ = one_step(model, micro_batch_size=micro, aggregation=aggregation)
         for a, b in zip(full, split):
             assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
     assert any(d.abs().max() > 0 for d in full)
+
+
+def test_the_aggregation_modes_give_different_updates(model):
+    torch.manual_seed(1)
+    token_mean, _ = one_step(model, micro_batch_size=4)
+    torch.manual_seed(1)
+    sequence_mean, _ = one_step(model, micro_batch_size=4, aggregation="sequence_mean")
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(token_mean, sequence_mean))
 
 
 def test_ratio_starts_at_one_and_gap_to_sampler_is_logged(model):

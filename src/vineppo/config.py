@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vineppo.credit import EstimatorName
+from vineppo.algorithms import AlgorithmName, LossAggregation
 
 
 class ConfigError(ValueError):
@@ -83,9 +83,54 @@ class ArithmeticConfig(_Section):
     """How often the teacher writes its wrong result on those facts."""
 
 
+class GraderConfig(_Section):
+    """How model answers are checked against gold ones (vineppo.tasks.grading)."""
+
+    timeout_s: float = Field(5.0, gt=0)
+    """Hard time limit per answer; a worker that runs past it is killed and the answer gets reward 0."""
+    workers: int = Field(2, ge=1)
+    """Grading worker processes (math-verify runs in them, never in the trainer's process)."""
+    strict: bool = True
+    """True: only the task's own answer marker counts (`\\boxed{}` for MATH, `#### N` for GSM8K), so that a bare
+    number cannot game the reward. False: also accept "The answer is ..." and, failing that, the last number."""
+
+
+class GSM8KConfig(_Section):
+    """Where the GSM8K problems come from (vineppo.data): a hub id, or a local .jsonl/.json/.parquet file or a
+    directory of them."""
+
+    train_source: str = "openai/gsm8k"
+    test_source: str = "openai/gsm8k"
+    hub_config: str | None = "main"
+    """The dataset config of a hub source (ignored for local files)."""
+    prompt_format: Literal["plain", "chat"] = "plain"
+    """"plain": the question, then a newline-led solution (the paper's); "chat": the model's chat template."""
+    test_size: int | None = Field(None, ge=1)
+    """Use only the first N test problems (None: all 1319)."""
+    skip_bad_rows: bool = False
+    """False: a malformed row stops loading with its file, row and field; True: it is skipped and counted."""
+    grader: GraderConfig = GraderConfig()
+
+
+class MATHConfig(_Section):
+    """Where the MATH problems come from (vineppo.data). MATH500 has no train split: name a train source."""
+
+    train_source: str | None = None
+    """A hub id or local path of MATH training problems (e.g. a local copy of the MATH train split); None: no
+    training problems, and asking for them raises an error that says so."""
+    test_source: str = "HuggingFaceH4/MATH-500"
+    hub_config: str | None = None
+    prompt_format: Literal["plain", "chat"] = "plain"
+    test_size: int | None = Field(None, ge=1)
+    skip_bad_rows: bool = False
+    grader: GraderConfig = GraderConfig()
+
+
 class TaskConfig(_Section):
-    name: Literal["arithmetic"] = "arithmetic"
+    name: Literal["arithmetic", "gsm8k", "math"] = "arithmetic"
     arithmetic: ArithmeticConfig = ArithmeticConfig()
+    gsm8k: GSM8KConfig = GSM8KConfig()
+    math: MATHConfig = MATHConfig()
 
 
 class EngineConfig(_Section):
@@ -102,11 +147,13 @@ class EngineConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    name: EstimatorName = "vineppo"
-    """The credit estimator, the only thing it changes in a run (vineppo.credit): "vineppo" (MC values at step
-    boundaries), or the group baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized
-    by the group's std) and "rloo" (leave-one-out mean), or "ppo" (a value network trained alongside the policy,
-    token-level GAE; PAPER-NOTES 2.5)."""
+    name: AlgorithmName = "vineppo"
+    """The training method, the only thing it changes in a run (vineppo.algorithms). The PPO family differs
+    only in its credit estimator (vineppo.credit): "vineppo" (MC values at step boundaries), the group
+    baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized by the group's std) and
+    "rloo" (leave-one-out mean), or "ppo" (a value network trained alongside the policy, token-level GAE;
+    PAPER-NOTES 2.5). "restem" fine-tunes on the correct samples; "dpo_plus" runs DPO-Positive on
+    correct/incorrect pairs of samples."""
     k: int = Field(9, ge=1)
     """MC rollouts per step boundary (paper: 9). Used by vineppo only."""
     max_value_steps: int | None = Field(25, ge=1)
@@ -127,6 +174,16 @@ class AlgoConfig(_Section):
     kl_coef: float = Field(1e-4, ge=0)
     """Paper: 1e-4 (k3, in the loss)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_aggregation: LossAggregation = "token_mean"
+    """How the policy loss averages over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
+    response tokens (paper), or "sequence_mean", the mean of each response's token-mean. PPO family and
+    restem."""
+    restem_max_per_prompt: int = Field(10, ge=1)
+    """RestEM keeps at most this many correct samples of a prompt (paper: 10, from the ReST-EM paper)."""
+    dpo_beta: float = Field(0.3, gt=0)
+    """DPO+'s beta (paper: 0.3 on GSM8K, 0.1 on MATH)."""
+    dpo_lambda: float = Field(50.0, ge=0)
+    """DPO+'s weight on keeping the correct response's likelihood above the reference's (paper: 50; 0 = DPO)."""
 
 
 class TrainConfig(_Section):

@@ -26,7 +26,7 @@ from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
 from vineppo.credit.vine import TokenTexts
 from vineppo.episodes import Episode, TokenBatch, collate
-from vineppo.losses import clipped_value_loss, masked_mean_var
+from vineppo.losses import MiniBatchTotals, clipped_value_loss, masked_mean_var
 from vineppo.steps import split_steps
 from vineppo.update import micro_batches, minibatch_steps
 
@@ -109,9 +109,11 @@ class Critic:
         """`train.epochs` passes of the clipped value loss over the batches of the last `assign_credit`."""
         clip_range = self.algo.value_clip_range
 
-        def micro_loss(b: ValueBatch, num_tokens: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def micro_loss(b: ValueBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             values = predict_values(self.model, b.tokens)
-            loss = clipped_value_loss(values, b.old_values, b.returns, b.tokens.response_mask, num_tokens, clip_range)
+            loss = clipped_value_loss(
+                values, b.old_values, b.returns, b.tokens.response_mask, totals.tokens, clip_range
+            )
             return loss, {"loss/value": loss.detach()}
 
         stats = minibatch_steps(

@@ -1,9 +1,10 @@
 """Policy loss, value loss, KL estimators, advantage whitening and token aggregation: pure tensor functions.
 
-All per-token tensors are [B, T] with a float `mask` that is 1 on response tokens. Losses are returned as *sums*
-over tokens divided by a caller-supplied `num_tokens`, the response-token count of the whole mini-batch (across
-micro-batches and processes): summing the micro-batch losses then gives exactly the token-mean of the
-mini-batch, so gradient accumulation does not change the gradient.
+All per-token tensors are [B, T] with a float `mask` that is 1 on response tokens. The policy losses take
+per-token `weights` (see `token_weights`) instead of a mask: the weights of a mini-batch's tokens, across its
+micro-batches and processes, sum to 1, so summing the micro-batch losses gives exactly the mini-batch's aggregate
+and gradient accumulation does not change the gradient. The value loss divides a token sum by the mini-batch's
+`num_tokens` (its token-mean).
 """
 
 from __future__ import annotations
@@ -13,7 +14,33 @@ from typing import Literal
 
 import torch
 
+from vineppo.algorithms import LossAggregation
+
 KLEstimator = Literal["k1", "k2", "k3"]
+
+
+@dataclass(frozen=True)
+class MiniBatchTotals:
+    """Counts over a whole mini-batch (all its micro-batches), which each micro-batch's loss is divided by."""
+
+    tokens: float  # response tokens
+    sequences: float  # responses
+
+
+def token_weights(mask: torch.Tensor, aggregation: LossAggregation, totals: MiniBatchTotals) -> torch.Tensor:
+    """Per-token weights that turn a token sum into the mini-batch's aggregate loss.
+
+    "token_mean": every response token of the mini-batch weighs 1 / tokens (the paper's and the official code's
+    aggregation: a long response moves the loss more than a short one). "sequence_mean": each response's
+    token-mean, averaged over the mini-batch's responses (weight 1 / (its length x responses); GRPO's original
+    aggregation, which gives every response the same say whatever its length).
+    """
+    if aggregation == "token_mean":
+        return mask / totals.tokens
+    if aggregation == "sequence_mean":
+        lengths = mask.sum(-1, keepdim=True).clamp(min=1.0)
+        return mask / (lengths * totals.sequences)
+    raise ValueError(f"unknown loss aggregation {aggregation!r}; expected token_mean or sequence_mean")
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
@@ -34,26 +61,26 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimat
 
 def kl_loss_terms(
     logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator
-) -> torch.Tensor:
-    """Per-token KL penalty whose gradient is an unbiased estimate of grad KL(pi || pi_ref).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token KL penalty, per-token KL estimate): the penalty's gradient is an unbiased estimate of grad KL(pi || pi_ref).
 
     The tokens were sampled by pi_old. For k1 and k3 the value estimates the KL, but the gradient of the value
     alone does not estimate the gradient of the KL (for k1 its expectation is 0): multiplying by the importance
     ratio pi / pi_old (with gradient) adds the missing score-function term, and reweights correctly once pi has
     moved away from pi_old in later epochs. k2's own gradient, E[log r * grad log pi], already equals grad KL
-    on-policy, so it is used as it is.
+    on-policy, so it is used as it is. The estimate (without the ratio) is what gets logged.
     """
     kl = kl_estimate(logp, ref_logp, estimator)
     if estimator == "k2":
-        return kl
-    return torch.exp(logp - old_logp) * kl
+        return kl, kl
+    return torch.exp(logp - old_logp) * kl, kl
 
 
 @dataclass
 class PolicyLossOutput:
-    loss: torch.Tensor  # scalar to backpropagate: (sum of pg + kl_coef * kl over tokens) / num_tokens
-    pg_loss: torch.Tensor  # the same sums, detached, for logging
-    kl: torch.Tensor  # sum of the KL estimate (not the ratio-weighted term) / num_tokens
+    loss: torch.Tensor  # scalar to backpropagate: the weighted sum of pg + kl_coef * kl over tokens
+    pg_loss: torch.Tensor  # the same weighted sums, detached, for logging
+    kl: torch.Tensor  # weighted sum of the KL estimate (not of the ratio-weighted term)
     clip_fraction: torch.Tensor
     approx_kl: torch.Tensor  # k3 estimate of KL(pi_old || pi): how far this update has moved the policy
 
@@ -67,31 +94,72 @@ def ppo_policy_loss(
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
-    num_tokens: int | float,
+    weights: torch.Tensor,
     clip_range: float,
     kl_coef: float,
     kl_estimator: KLEstimator = "k3",
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps)) plus kl_coef * KL penalty, token-summed
-    and divided by `num_tokens`."""
-    if num_tokens <= 0:
-        raise ValueError(f"num_tokens must be positive, got {num_tokens}")
+    """PPO clipped surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps)) plus kl_coef * KL penalty, summed over
+    tokens with `weights` (`token_weights`)."""
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     pg = torch.maximum(unclipped, clipped)
-    kl_term = kl_loss_terms(logp, old_logp, ref_logp, kl_estimator)
-    loss = masked_sum(pg + kl_coef * kl_term, mask) / num_tokens
+    kl_term, kl = kl_loss_terms(logp, old_logp, ref_logp, kl_estimator)
+    loss = masked_sum(pg + kl_coef * kl_term, weights)
     with torch.no_grad():
         return PolicyLossOutput(
             loss=loss,
-            pg_loss=masked_sum(pg, mask) / num_tokens,
-            kl=masked_sum(kl_estimate(logp, ref_logp, kl_estimator), mask) / num_tokens,
-            clip_fraction=masked_sum((clipped > unclipped).float(), mask) / num_tokens,
-            approx_kl=masked_sum(torch.exp(log_ratio) - 1.0 - log_ratio, mask) / num_tokens,
+            pg_loss=masked_sum(pg, weights),
+            kl=masked_sum(kl, weights),
+            clip_fraction=masked_sum((clipped > unclipped).float(), weights),
+            approx_kl=masked_sum(ratio - 1.0 - log_ratio, weights),
         )
+
+
+def nll_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor, kl_coef: float,
+    kl_estimator: KLEstimator = "k3",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Supervised fine-tuning on the given tokens, -log pi, plus kl_coef * the KL penalty of `kl_loss_terms`
+    (RestEM's loss); weighted sums over tokens. Returns (loss, the detached KL estimate's weighted sum)."""
+    kl_term, kl = kl_loss_terms(logp, old_logp, ref_logp, kl_estimator)
+    loss = masked_sum(-logp + kl_coef * kl_term, weights)
+    with torch.no_grad():
+        return loss, masked_sum(kl, weights)
+
+
+@dataclass
+class PreferenceLossOutput:
+    losses: torch.Tensor  # [P] per pair
+    margins: torch.Tensor  # [P] beta * (chosen log-ratio - rejected log-ratio), the DPO reward margin
+    chosen_drop: torch.Tensor  # [P] max(0, log pi_ref(y_w) - log pi(y_w)), the DPO+ penalty's argument
+
+
+def dpo_plus_loss(
+    chosen_logp: torch.Tensor,
+    rejected_logp: torch.Tensor,
+    chosen_ref_logp: torch.Tensor,
+    rejected_ref_logp: torch.Tensor,
+    beta: float,
+    lam: float,
+) -> PreferenceLossOutput:
+    """DPO-Positive (Pal et al. 2024), the paper's DPO+, on sequence log-probs [P]:
+
+        -log sigmoid(beta * [(log pi - log pi_ref)(y_w) - (log pi - log pi_ref)(y_l)
+                             - lam * max(0, log pi_ref(y_w) - log pi(y_w))])
+
+    (PAPER-NOTES 2.11). The added term penalises lowering the chosen (correct) response's likelihood below the
+    reference's, which plain DPO allows as long as the rejected one falls faster. lam = 0 is plain DPO.
+    """
+    chosen_ratio = chosen_logp - chosen_ref_logp
+    rejected_ratio = rejected_logp - rejected_ref_logp
+    chosen_drop = torch.clamp(chosen_ref_logp - chosen_logp, min=0.0)
+    logits = beta * (chosen_ratio - rejected_ratio - lam * chosen_drop)
+    with torch.no_grad():
+        margins = beta * (chosen_ratio - rejected_ratio)
+    return PreferenceLossOutput(-torch.nn.functional.logsigmoid(logits), margins, chosen_drop.detach())
 
 
 def masked_mean_var(

@@ -6,8 +6,10 @@ One iteration, as in the paper's algorithm box:
   2. grade them and assign credit with `algo.name`'s estimator -> per-token advantages (VinePPO: K MC rollouts
      from every step boundary; GRPO / RLOO: the rewards of the other samples of the same prompt; PPO: a value
      network's predictions and GAE);
-  3. PPO update: `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps (PPO: then `epochs`
-     passes of the value network's clipped value loss, vineppo.critic).
+  3. update: the PPO family takes `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps (PPO:
+     then `epochs` passes of the value network's clipped value loss, vineppo.critic); RestEM fine-tunes on the
+     correct samples instead (vineppo.restem) and DPO+ trains on correct/incorrect pairs (vineppo.preference),
+     both with no credit step.
 Greedy test accuracy is measured before the first iteration and every `eval_every` iterations.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from vineppo.algorithms import PPO_FAMILY
 from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
 from vineppo.config import Config, config_to_yaml
 from vineppo.critic import Critic
@@ -33,7 +37,9 @@ from vineppo.engine.hf import HFEngine
 from vineppo.episodes import Episode, grade_response
 from vineppo.evaluate import evaluate_greedy
 from vineppo.models import load_model, load_tokenizer, load_value_model, resolve_device
+from vineppo.preference import dpo_plus_update, make_pairs, prepare_pairs
 from vineppo.progress import Bars
+from vineppo.restem import restem_update, select_correct
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
@@ -68,6 +74,18 @@ def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def catch_up(scheduler, step: int) -> None:
+    """Advance the schedule to `step` optimizer steps. RestEM and DPO+ train on a varying share of an iteration's
+    samples (the correct ones, the pairs), so they take at most the PPO family's steps per iteration; catching up
+    at the end of each iteration keeps their learning rate on the run's schedule in iterations. A no-op for the
+    PPO family."""
+    with warnings.catch_warnings():
+        # an iteration with nothing to train on (no correct sample, no pair) before any optimizer step ever
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        while scheduler.last_epoch < step:
+            scheduler.step()
 
 
 @dataclass
@@ -132,9 +150,14 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
         )
-        steps_per_iteration = tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
-        total_steps = tc.iterations * steps_per_iteration
+        total_steps = tc.iterations * self.steps_per_iteration
         return optimizer, linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Optimizer steps of an iteration that trains on all its episodes (every PPO-family iteration)."""
+        tc = self.cfg.train
+        return tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -179,7 +202,7 @@ class Trainer:
         return Summary(initial, self.last_accuracy, tc.iterations)
 
     def iteration(self, iteration: int) -> dict[str, float]:
-        tc, algo = self.cfg.train, self.cfg.algo
+        tc = self.cfg.train
         seed = iteration_seed(tc.seed, iteration)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         timings: dict[str, float] = {}
@@ -194,20 +217,8 @@ class Trainer:
             raise NonFiniteError("the advantages contain NaN or inf")
 
         with self.timed("update", timings):
-            batches, gap = prepare(
-                self.policy, self.reference, episodes, self.engine.pad_token_id, tc.micro_batch_size,
-                self.sampling.temperature, algo.whiten_advantages, self.device,
-            )
-            steps = tc.epochs * len(episodes) // tc.mini_batch_size
-            with self.bars.phase("update", steps) as bar:
-                update_stats = ppo_update(
-                    self.policy, self.optimizer, self.scheduler, batches, algo, tc, self.sampling.temperature,
-                    torch.Generator().manual_seed(seed), on_step=bar.advance,
-                )
-            if self.critic is not None:
-                with self.bars.phase("value update", steps) as bar:
-                    value_stats = self.critic.update(torch.Generator().manual_seed(seed), on_step=bar.advance)
-                update_stats.update(value_stats)
+            update_stats = self.update(episodes, seed)
+        catch_up(self.scheduler, (iteration + 1) * self.steps_per_iteration)
 
         rewards = torch.tensor([e.reward for e in episodes])
         advantages = torch.tensor([a for e in episodes for a in e.advantages] or [0.0])
@@ -229,7 +240,6 @@ class Trainer:
             "value/steps_per_response": sum(len(e.step_starts) for e in episodes) / len(episodes),
             "tokens/policy": policy_tokens,
             **credit_metrics,
-            **gap,
             **update_stats,
             **{f"time/{name}": seconds for name, seconds in timings.items()},
         }
@@ -243,6 +253,8 @@ class Trainer:
         boundaries, and `value/states` counts those boundaries.
         """
         algo = self.cfg.algo
+        if algo.name not in PPO_FAMILY:  # restem and dpo_plus use the rewards alone
+            return {"tokens/mc": 0}
         if algo.name == "ppo":
             return self.critic.assign_credit(episodes, self.engine.pad_token_id, self.decode, self.device)
         if algo.name in GROUP_ESTIMATORS:
@@ -263,6 +275,43 @@ class Trainer:
             "tokens/mc": vine.mc_tokens,
             "value/mc_unparsed": vine.mc_unparsed / max(1, vine.num_states * algo.k),
         }
+
+    def update(self, episodes: list[Episode], seed: int) -> dict[str, float]:
+        """The policy update `algo.name` names (and the value network's, for ppo)."""
+        algo, tc = self.cfg.algo, self.cfg.train
+        pad_id, temperature = self.engine.pad_token_id, self.sampling.temperature
+        optimizer = (self.policy, self.optimizer, self.scheduler)
+        generator = torch.Generator().manual_seed(seed)
+        if algo.name == "restem":
+            kept = select_correct(episodes, algo.restem_max_per_prompt)
+            batches, _ = prepare(
+                self.policy, self.reference, kept, pad_id, tc.micro_batch_size, 1.0, False, self.device
+            )
+            with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
+                stats = restem_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
+            return {**stats, "restem/kept": len(kept) / len(episodes)}
+        if algo.name == "dpo_plus":
+            pairs = make_pairs(episodes, random.Random(seed))
+            batches = prepare_pairs(self.reference, pairs, pad_id, tc.micro_batch_size, self.device)
+            with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
+                stats = dpo_plus_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
+            return {**stats, "dpo/pairs": len(pairs)}
+
+        batches, gap = prepare(
+            self.policy, self.reference, episodes, pad_id, tc.micro_batch_size, temperature,
+            algo.whiten_advantages, self.device,
+        )
+        with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
+            stats = ppo_update(*optimizer, batches, algo, tc, temperature, generator, on_step=bar.advance)
+        if self.critic is not None:
+            with self.bars.phase("value update", self.planned_steps(len(batches))) as bar:
+                stats.update(self.critic.update(torch.Generator().manual_seed(seed), on_step=bar.advance))
+        return {**stats, **gap}
+
+    def planned_steps(self, micro_batches: int) -> int:
+        """Optimizer steps of an update over this many micro-batches (vineppo.update.minibatch_steps)."""
+        per_step = self.cfg.train.mini_batch_size // self.cfg.train.micro_batch_size
+        return self.cfg.train.epochs * math.ceil(micro_batches / per_step)
 
     def sample(self, problems: list[Problem], generator: torch.Generator, advance) -> list[Episode]:
         n = self.cfg.train.samples_per_prompt
@@ -299,9 +348,11 @@ class Trainer:
         into[name] = time.perf_counter() - started
 
     def report(self, done: int, m: dict[str, float]) -> None:
+        losses = " ".join(
+            f"{name.split('/')[1]} {m[name]:.4f}" for name in ("loss/kl", "loss/clipfrac", "loss/dpo") if name in m
+        )
         line = (
-            f"iteration {done}/{self.cfg.train.iterations}: reward {m['train/reward']:.3f} "
-            f"kl {m['loss/kl']:.4f} clipfrac {m['loss/clipfrac']:.3f} "
+            f"iteration {done}/{self.cfg.train.iterations}: reward {m['train/reward']:.3f} {losses} "
             f"(sample {m['time/sample']:.1f}s, credit {m['time/credit']:.1f}s, update {m['time/update']:.1f}s)"
         )
         if "eval/accuracy" in m:

@@ -15,7 +15,9 @@ from torch.nn.utils import clip_grad_norm_
 
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
-from vineppo.losses import entropy_from_logits, ppo_policy_loss, token_logprobs, whiten
+from vineppo.losses import (
+    MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
+)
 
 
 class NonFiniteError(ArithmeticError):
@@ -80,8 +82,9 @@ def _whiten_across(batches: list[PreparedBatch]) -> None:
         offset += n
 
 
-MicroLoss = Callable[[Any, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""(micro-batch, mini-batch token count) -> (loss to backpropagate, detached statistics summed over the step)."""
+MicroLoss = Callable[[Any, MiniBatchTotals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(micro-batch, its mini-batch's totals) -> (loss to backpropagate, detached statistics summed over the step).
+A micro-batch is any object with a `tokens: TokenBatch`."""
 
 
 def minibatch_steps(
@@ -90,9 +93,9 @@ def minibatch_steps(
 ) -> dict[str, float]:
     """`train.epochs` passes over the micro-batches in shuffled order, one clipped optimizer step per mini-batch.
 
-    Each micro-batch's loss is divided by the response-token count of its whole mini-batch, so accumulating
-    the micro-batch gradients gives exactly the mini-batch's token-mean. Shared by the policy and value updates,
-    so that with generators seeded alike they visit the same mini-batches. Returns the per-step means of
+    Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses), so
+    accumulating the micro-batch gradients gives exactly the mini-batch's mean. Shared by every update (policy,
+    value network, RestEM, DPO+), so that with generators seeded alike they visit the same mini-batches. Returns the per-step means of
     `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last `lr`.
     """
     per_step = train.mini_batch_size // train.micro_batch_size
@@ -103,11 +106,14 @@ def minibatch_steps(
         order = torch.randperm(len(batches), generator=generator).tolist()
         for first in range(0, len(order), per_step):
             group = [batches[i] for i in order[first : first + per_step]]
-            num_tokens = sum(b.tokens.response_mask.sum().item() for b in group)
+            totals = MiniBatchTotals(
+                tokens=sum(b.tokens.response_mask.sum().item() for b in group),
+                sequences=sum(len(b.tokens.input_ids) for b in group),
+            )
             optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
             for b in group:
-                loss, stats = micro_loss(b, num_tokens)
+                loss, stats = micro_loss(b, totals)
                 loss.backward()
                 for name, value in stats.items():
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
@@ -134,19 +140,26 @@ def ppo_update(
 ) -> dict[str, float]:
     """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches."""
 
-    def micro_loss(b: PreparedBatch, num_tokens: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def micro_loss(b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp, entropy = forward_logprobs(policy, b.tokens, temperature, with_entropy=True)
+        weights = token_weights(b.tokens.response_mask, algo.loss_aggregation, totals)
         out = ppo_policy_loss(
-            logp, b.old_logp, b.ref_logp, b.tokens.advantages, b.tokens.response_mask, num_tokens,
-            algo.clip_range, algo.kl_coef, algo.kl_estimator,
+            logp, b.old_logp, b.ref_logp, b.tokens.advantages, weights, algo.clip_range, algo.kl_coef,
+            algo.kl_estimator,
         )
         return out.loss, {
             "loss/policy": out.pg_loss, "loss/kl": out.kl, "loss/clipfrac": out.clip_fraction,
             "loss/approx_kl": out.approx_kl,
-            "policy/entropy": (entropy * b.tokens.response_mask).sum() / num_tokens,
+            "policy/entropy": (entropy * weights).sum(),
         }
 
-    stats = minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step)
-    stats["loss/grad_norm"] = stats.pop("grad_norm")
+    return policy_stats(minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step))
+
+
+def policy_stats(stats: dict[str, float]) -> dict[str, float]:
+    """`minibatch_steps`' statistics under the policy's metric names."""
+    stats = dict(stats)
+    if "grad_norm" in stats:  # absent when the iteration had nothing to train on (RestEM, DPO+)
+        stats["loss/grad_norm"] = stats.pop("grad_norm")
     stats["train/lr"] = stats.pop("lr")
     return stats
