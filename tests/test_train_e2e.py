@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vineppo.cli import main
-from vineppo.runlog import read_metrics
+from vineppo.runlog import read_metrics, read_samples
 
 from tiny import TINY
 
@@ -18,7 +18,7 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *TINY, "train.iterations=3"]) == 0
 
-    for name in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoints/latest"):
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "curves.png", "checkpoints/latest"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     records = read_metrics(run)
@@ -35,6 +35,9 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
     AutoModelForCausalLM.from_pretrained(policy)
     AutoTokenizer.from_pretrained(policy)
 
+    samples = read_samples(run)
+    assert [s["iteration"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4  # logging.samples_per_iteration
+
     # Simulate a crash after iteration 2's checkpoint: drop the last checkpoint, then resume.
     shutil.rmtree(run / "checkpoints" / "iter_000003")
     (run / "checkpoints" / "latest").write_text("iter_000002\n")
@@ -43,6 +46,7 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
     timing_free = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
     assert timing_free(resumed[3]) == pytest.approx(timing_free(records[3]), rel=1e-5, abs=1e-6)
+    assert read_samples(run) == samples  # iteration 3's samples replaced, not doubled
 
     # Resuming a finished run does nothing and loses nothing.
     assert main(["train", "--resume", str(run)]) == 0

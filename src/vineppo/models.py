@@ -155,6 +155,13 @@ def load_value_model(
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
 
 
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass (`model.gradient_checkpointing`). transformers 5.24 renamed
+    the method; the GPU machines' 5.17 may only have the old name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model; one without a pad token pads with eos (batched generation needs one)."""
     _check_source(path)

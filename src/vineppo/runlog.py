@@ -1,4 +1,5 @@
-"""A run's metrics: one JSON object per line in metrics.jsonl, TensorBoard scalars, and a PNG of the curves."""
+"""A run's logs: metrics.jsonl (one JSON object per iteration), TensorBoard scalars, samples.jsonl (a few episodes
+of each iteration with their credit, vineppo.report.samples) and a PNG of the curves."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import math
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "curves.png"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
+    return read_jsonl(Path(run_dir) / METRICS_FILE)
+
+
+def read_samples(run_dir: Path) -> list[dict]:
+    return read_jsonl(Path(run_dir) / SAMPLES_FILE)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL log; a last line cut short by a killed run is ignored, a bad line elsewhere is an
+    error naming the file and line."""
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
@@ -28,15 +39,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
+def _rewrite(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
 class RunLog:
-    """Appends metric records. Records after iteration `keep_through` (the checkpoint being resumed; -1 for a
-    fresh run) are dropped first, so a resumed run rewrites exactly the iterations it repeats."""
+    """Appends metric and sample records. Records after iteration `keep_through` (the checkpoint being resumed;
+    -1 for a fresh run) are dropped first, so a resumed run rewrites exactly the iterations it repeats."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, keep_through: int = -1):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.records = [r for r in read_metrics(self.run_dir) if r["iteration"] <= keep_through]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        _rewrite(self.path, self.records)
+        self.samples_path = self.run_dir / SAMPLES_FILE
+        _rewrite(self.samples_path, [r for r in read_samples(self.run_dir) if r["iteration"] <= keep_through])
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -57,6 +74,11 @@ class RunLog:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(name, value, iteration)
             self._writer.flush()
+
+    def log_samples(self, iteration: int, samples: list[dict]) -> None:
+        with self.samples_path.open("a") as f:
+            for sample in samples:
+                f.write(json.dumps({"iteration": iteration, **sample}) + "\n")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from vineppo.config import Config, SFTConfig
+from vineppo.model_sources import cache_root
 from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_device
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
@@ -118,7 +119,7 @@ def train_sft(
 
 def cache_dir() -> Path:
     """Root of the SFT cache: `$VINEPPO_CACHE/sft` (default ~/.cache/vineppo/sft)."""
-    return Path(os.environ.get("VINEPPO_CACHE", "~/.cache/vineppo")).expanduser() / "sft"
+    return cache_root() / "sft"
 
 
 def _cache_key(cfg: Config) -> dict:

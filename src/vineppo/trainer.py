@@ -36,9 +36,11 @@ from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
 from vineppo.episodes import Episode, grade_response
 from vineppo.evaluate import evaluate_greedy
-from vineppo.models import load_model, load_tokenizer, load_value_model, resolve_device
+from vineppo.model_sources import resolve_model_source
+from vineppo.models import enable_activation_checkpointing, load_model, load_tokenizer, load_value_model, resolve_device
 from vineppo.preference import dpo_plus_update, make_pairs, prepare_pairs
 from vineppo.progress import Bars
+from vineppo.report.samples import episode_record
 from vineppo.restem import restem_update, select_correct
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
@@ -59,10 +61,11 @@ def iteration_seed(seed: int, iteration: int) -> int:
 
 
 def initial_model_path(cfg: Config, console: Console) -> str:
-    """The policy's starting point (also the KL reference): the cached SFT tiny model, or model.path."""
+    """The policy's starting point (also the KL reference): the cached SFT tiny model, or model.path
+    (a GGUF file or the SmolLM2 alias converted once, vineppo.model_sources)."""
     if cfg.model.path == "tiny":
         return str(ensure_sft_model(cfg, console=console))
-    return cfg.model.path
+    return resolve_model_source(cfg.model.path, cfg.model.trust_remote_code)
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
@@ -114,6 +117,8 @@ class Trainer:
         self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
+        if mc.gradient_checkpointing:
+            enable_activation_checkpointing(self.policy)
         self.engine = HFEngine(self.policy, self.tokenizer, batch_size=cfg.engine.batch_size)
         self.sampling = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
 
@@ -125,6 +130,8 @@ class Trainer:
                 raise FileNotFoundError(f"the checkpoint of iteration {resumed.iteration} has no value network")
             value_path = str(resumed.value_dir) if resumed else init_path
             value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code)
+            if mc.gradient_checkpointing:
+                enable_activation_checkpointing(value_model)
             value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
             self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
 
@@ -215,6 +222,8 @@ class Trainer:
             credit_metrics = self.assign_credit(episodes, generator)
         if not all(math.isfinite(a) for e in episodes for a in e.advantages):
             raise NonFiniteError("the advantages contain NaN or inf")
+        shown = episodes[: self.cfg.logging.samples_per_iteration]
+        self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
 
         with self.timed("update", timings):
             update_stats = self.update(episodes, seed)
