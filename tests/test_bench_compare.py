@@ -8,6 +8,7 @@ from tiny import TINY
 
 from vineppo.bench.compare import run_specs, table
 from vineppo.cli import main
+from vineppo.runlog import read_metrics
 
 
 def test_table_by_hand():
@@ -48,3 +49,6 @@ def test_a_tiny_comparison_writes_results_plots_and_table(tmp_path, sft_cache, c
     for name in ("accuracy_vs_seconds", "accuracy_vs_tokens", "generalization", "k_ablation"):
         assert (out / f"{name}.png").stat().st_size > 1000
     assert "| vineppo K=1 |" in capsys.readouterr().out
+    run = out / "run-ppo"  # a run directory that `vineppo report` and `vineppo analyze values` can read
+    assert (run / "checkpoints" / "latest").is_file()
+    assert [r["iteration"] for r in read_metrics(run)] == list(range(results["results"]["ppo"][-1]["iteration"] + 1))

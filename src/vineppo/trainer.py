@@ -197,16 +197,20 @@ class Trainer:
                 self.log.log(done, metrics)
                 self.report(done, metrics)
                 if done % tc.checkpoint_every == 0 or done == tc.iterations:
-                    save_checkpoint(
-                        self.run_dir, done, self.policy, self.tokenizer, self.optimizer, self.scheduler,
-                        cfg.logging.keep_checkpoints,
-                        value_model=self.critic.model if self.critic else None,
-                        extra_state=self.critic.state_dict() if self.critic else None,
-                    )
+                    self.save(done)
                 advance_run(1)
         self.log.close()
         initial = next((r["eval/accuracy"] for r in self.log.records if r["iteration"] == 0), float("nan"))
         return Summary(initial, self.last_accuracy, tc.iterations)
+
+    def save(self, done: int) -> None:
+        """Checkpoint the state after `done` iterations (atomically; vineppo.checkpoint)."""
+        save_checkpoint(
+            self.run_dir, done, self.policy, self.tokenizer, self.optimizer, self.scheduler,
+            self.cfg.logging.keep_checkpoints,
+            value_model=self.critic.model if self.critic else None,
+            extra_state=self.critic.state_dict() if self.critic else None,
+        )
 
     def iteration(self, iteration: int) -> dict[str, float]:
         tc = self.cfg.train

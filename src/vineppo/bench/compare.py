@@ -56,7 +56,9 @@ def run_one(
     trainer = Trainer(cfg, out / ("run-" + spec.label.replace(" ", "").replace("=", "")), console)
     points, seconds, tokens, iteration, train_accuracies = [], 0.0, 0, 0, []
     with Bars(console, enabled=False) as trainer.bars:
-        points.append({"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": trainer.evaluate()["eval/accuracy"]})
+        initial = trainer.evaluate()
+        trainer.log.log(0, initial)
+        points.append({"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": initial["eval/accuracy"]})
         next_eval = eval_seconds
         while seconds < budget:
             started = time.perf_counter()
@@ -66,14 +68,17 @@ def run_one(
             train_accuracies.append(metrics["train/accuracy"])
             iteration += 1
             if seconds >= next_eval or seconds >= budget:
-                accuracy = trainer.evaluate()["eval/accuracy"]
+                metrics.update(trainer.evaluate())
                 points.append({
-                    "iteration": iteration, "seconds": round(seconds, 1), "tokens": tokens, "accuracy": accuracy,
-                    "train_accuracy": statistics.fmean(train_accuracies),
+                    "iteration": iteration, "seconds": round(seconds, 1), "tokens": tokens,
+                    "accuracy": metrics["eval/accuracy"], "train_accuracy": statistics.fmean(train_accuracies),
                 })
                 train_accuracies = []
                 next_eval = (seconds // eval_seconds + 1) * eval_seconds
-                console.print(f"{spec.label}: iteration {iteration}, {seconds:.0f} s, test accuracy {accuracy:.1%}")
+                console.print(f"{spec.label}: iteration {iteration}, {seconds:.0f} s, test accuracy "
+                              f"{metrics['eval/accuracy']:.1%}")
+            trainer.log.log(iteration, metrics)
+    trainer.save(iteration)  # so that `vineppo report` and `vineppo analyze values` can read the run
     trainer.log.close()
     return points
 
