@@ -10,6 +10,7 @@ Besides a Hugging Face model directory or hub id (passed through as they are), `
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -68,11 +69,18 @@ def converted_gguf(gguf: Path, trust_remote_code: bool = False) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
+        loaded = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot convert the GGUF file {gguf} ({exc})") from exc
+    # transformers de-quantizes the weights on a CPU but keeps the model marked as GGUF-quantized, which it
+    # refuses to save or train: copy the weights into a plain model of the same architecture.
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    model.load_state_dict(loaded.state_dict())
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
