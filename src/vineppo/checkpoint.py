@@ -71,8 +71,9 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"
+    for stale in root.glob(".iter_*.tmp-*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".iter_{iteration:06d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp / POLICY_DIR, safe_serialization=True)
     tokenizer.save_pretrained(tmp / POLICY_DIR)
     if value_model is not None:
