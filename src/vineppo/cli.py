@@ -28,6 +28,7 @@ from vineppo.model_sources import resolve_model_source
 from vineppo.models import ModelLoadError, load_model, load_tokenizer, resolve_device
 from vineppo.progress import Bars
 from vineppo.report.page import write_report
+from vineppo.runlog import WandbMissingError
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.trainer import CONFIG_FILE, Trainer, TrainingError
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
-    except (ConfigError, ContextLengthError, ModelLoadError, UsageError) as exc:
+    except (ConfigError, ContextLengthError, ModelLoadError, UsageError, WandbMissingError) as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

@@ -231,6 +231,9 @@ class LoggingConfig(_Section):
     run_dir: str | None = None
     """Where the run writes; default runs/<timestamp>."""
     tensorboard: bool = True
+    wandb: bool = False
+    """Also log to Weights & Biases (needs `pip install wandb`; `wandb login` or WANDB_MODE=offline)."""
+    wandb_project: str = "vineppo"
     progress: bool = True
     """Rich progress bars with ETA (drawn on stderr)."""
     keep_checkpoints: int = Field(2, ge=1)

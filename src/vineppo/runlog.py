@@ -1,5 +1,6 @@
 """A run's logs: metrics.jsonl (one JSON object per iteration), TensorBoard scalars, samples.jsonl (a few episodes
-of each iteration with their credit, vineppo.report.samples) and a PNG of the curves."""
+of each iteration with their credit, vineppo.report.samples), a PNG of the curves, and Weights & Biases when
+asked for (`logging.wandb`; the run id is kept in RUN_DIR/wandb_id so a resumed run logs to the same W&B run)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,31 @@ def _rewrite(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+class WandbMissingError(ImportError):
+    """`logging.wandb` is on but the wandb package is not installed."""
+
+
+def start_wandb(run_dir: Path, project: str, config: dict):
+    """A W&B run for `run_dir`: a new one, or the one a resumed run started (its id is in RUN_DIR/wandb_id).
+    A resumed run logs its repeated iterations again; W&B keeps the first value of a step."""
+    try:
+        import wandb
+    except ImportError:
+        raise WandbMissingError("logging.wandb is true but wandb is not installed: pip install wandb") from None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=project, id=run_id, resume="allow", name=run_dir.name, dir=str(run_dir), config=config)
+
+
 class RunLog:
     """Appends metric and sample records. Records after iteration `keep_through` (the checkpoint being resumed;
     -1 for a fresh run) are dropped first, so a resumed run rewrites exactly the iterations it repeats."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, keep_through: int = -1):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, keep_through: int = -1, wandb_project: str | None = None,
+        config: dict | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
         self.records = [r for r in read_metrics(self.run_dir) if r["iteration"] <= keep_through]
@@ -59,6 +80,7 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=keep_through + 1)
+        self._wandb = start_wandb(self.run_dir, wandb_project, config or {}) if wandb_project else None
 
     def last(self, key: str) -> float:
         """The latest logged value of `key` (nan if none)."""
@@ -74,6 +96,8 @@ class RunLog:
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._writer.add_scalar(name, value, iteration)
             self._writer.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=iteration)
 
     def log_samples(self, iteration: int, samples: list[dict]) -> None:
         with self.samples_path.open("a") as f:
@@ -83,6 +107,8 @@ class RunLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         plot_curves(self.run_dir)
 
 

@@ -146,7 +146,10 @@ class Trainer:
             self.console.print(f"resuming {self.run_dir} after iteration {resumed.iteration}")
         elif resume:
             self.console.print(f"{self.run_dir} has no checkpoint yet: starting from iteration 0")
-        self.log = RunLog(self.run_dir, cfg.logging.tensorboard, keep_through=self.start_iteration if resumed else -1)
+        self.log = RunLog(
+            self.run_dir, cfg.logging.tensorboard, keep_through=self.start_iteration if resumed else -1,
+            wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None, config=cfg.model_dump(mode="json"),
+        )
         self.last_accuracy = self.log.last("eval/accuracy")
         (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
