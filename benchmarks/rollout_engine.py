@@ -11,7 +11,14 @@ max_new_tokens minus the response tokens already in the prefix, as in training).
 
 It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS.
 
-    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3]
+    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3] [key=value ...]
+
+The model and task are the config's (default: the quickstart's SFT tiny model on arithmetic); for SmolLM2-135M on
+GSM8K, e.g.:
+
+    python benchmarks/rollout_engine.py --prompts 4 --samples 2 --repeats 1 model.path=smollm2-135m-instruct \
+        task.name=gsm8k task.gsm8k.prompt_format=chat task.gsm8k.train_source=../shared/data/gsm8k/train.jsonl \
+        engine.max_new_tokens=96 engine.batch_size=64
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ import time
 import torch
 from transformers import DynamicCache
 
-from vineppo.config import Config
-from vineppo.credit.vine import TokenTexts
+from vineppo.config import load_config
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
-from vineppo.models import load_model, load_tokenizer
+from vineppo.model_sources import resolve_model_source
+from vineppo.models import chat_template_of, load_model, load_tokenizer
 from vineppo.sft import ensure_sft_model
-from vineppo.steps import split_steps
+from vineppo.steps import TokenTexts, split_steps
 from vineppo.tasks import build_task
 
 
@@ -88,18 +95,19 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=smollm2-135m-instruct")
     args = parser.parse_args()
 
-    cfg = Config()
-    path = ensure_sft_model(cfg)
+    cfg = load_config(None, args.overrides)
+    path = ensure_sft_model(cfg) if cfg.model.path == "tiny" else resolve_model_source(cfg.model.path)
     tokenizer = load_tokenizer(path)
     model = load_model(path).eval()
     engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
-    params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, chat_template_of(tokenizer))
+    params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, task.stop_sequences)
     prefixes, budgets = step_prefixes(engine, tokenizer, task, params, args.prompts, args.samples)
-    print(f"workload: {len(prefixes)} distinct step prefixes from {args.prompts} x {args.samples} responses, "
-          f"torch threads {torch.get_num_threads()}")
+    print(f"model {cfg.model.path} on {cfg.task.name}: {len(prefixes)} distinct step prefixes from {args.prompts} x "
+          f"{args.samples} responses, torch threads {torch.get_num_threads()}")
 
     for k in args.k:
         # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.

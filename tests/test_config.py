@@ -67,3 +67,25 @@ def test_file_then_overrides(tmp_path):
     path.write_text("algo:\n  k: 5\ntrain:\n  iterations: 7\n")
     cfg = load_config(path, ["algo.k=2"])
     assert (cfg.algo.k, cfg.train.iterations) == (2, 7)
+
+
+PAPER = REPO / "configs" / "paper"
+
+
+@pytest.mark.parametrize("setup", ["rho1b_gsm8k", "rho1b_math", "deepseek7b_gsm8k", "deepseek7b_math"])
+@pytest.mark.parametrize("method", ["vineppo", "ppo", "grpo", "rloo", "restem", "dpo_plus"])
+def test_the_paper_configs_load_and_validate(setup, method):
+    cfg = load_config([PAPER / "common.yaml", PAPER / f"{setup}.yaml", PAPER / "methods" / f"{method}.yaml"])
+    assert cfg.algo.name == method
+    assert cfg.task.name == setup.split("_")[1]
+    assert cfg.model.path.startswith("realtreetune/")
+    assert (cfg.train.lr, cfg.algo.kl_coef, cfg.engine.temperature) == (1e-6, 1e-4, 0.6)
+    assert cfg.algo.max_value_steps == (25 if setup.endswith("gsm8k") else None)
+
+
+def test_later_config_files_win_key_by_key(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("algo:\n  k: 3\n  clip_range: 0.1\n")
+    second.write_text("algo:\n  k: 5\n")
+    cfg = load_config([first, second], ["train.iterations=7"])
+    assert (cfg.algo.k, cfg.algo.clip_range, cfg.train.iterations) == (5, 0.1, 7)

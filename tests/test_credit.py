@@ -9,6 +9,7 @@ from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.tasks.base import Grade, Problem
+from fakes import FakeTaskBase
 
 # Toy environment over a 4-symbol vocabulary: 0 = "H", 1 = "T", 2 = "\n", 3 = eos.
 # A response is 3 lines of one coin flip each ("H\nT\nH\n" + eos); reward 1 iff at least 2 heads.
@@ -22,7 +23,7 @@ def decode(ids):
     return "".join(VOCAB[i] for i in ids)
 
 
-class CoinTask:
+class CoinTask(FakeTaskBase):
     name = "coin"
 
     def grade(self, problem, response):

@@ -253,3 +253,32 @@ def test_decoding_stops_when_every_row_has_finished(
     (samples,) = eng.generate([PREFIXES[0]], 4, params)
     assert all(c.token_ids == r[: k + 1] and c.finish_reason == "stop" for c in samples)
     assert forward_shapes == [(1, 3)] + [(4, 1)] * k  # the prefix, then tokens 1..k; none after the eos
+
+
+class CharTokenizer:
+    """Token i decodes to the i-th letter; enough for the engine's stop strings."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join("abcdefghijklmnopqrstuvwxyz"[i % 26] for i in ids)
+
+
+def test_a_stop_string_ends_a_completion_like_eos(model: LlamaForCausalLM) -> None:
+    tokenizer = CharTokenizer()
+    plain = SamplingParams(temperature=0.0, max_new_tokens=12)
+    with_tokenizer = HFEngine(model, tokenizer, eos_token_id=EOS, pad_token_id=PAD)
+    free = with_tokenizer.generate(PREFIXES, 1, plain)
+    long_ones = [samples[0] for samples in free if len(samples[0].token_ids) >= 5]
+    stop = tokenizer.decode(long_ones[0].token_ids[2:4])
+    stopped = with_tokenizer.generate(PREFIXES, 1, SamplingParams(0.0, 1.0, 12, stop=(stop,)))
+    for (a,), (b,) in zip(free, stopped):
+        text = tokenizer.decode(a.token_ids)
+        if stop in text:
+            # the first token whose text completes the stop string is the last one kept
+            end = next(k for k in range(1, len(a.token_ids) + 1) if stop in tokenizer.decode(a.token_ids[:k]))
+            assert b.token_ids == a.token_ids[:end] and b.finish_reason == "stop"
+            assert b.logprobs == pytest.approx(a.logprobs[:end])
+        else:
+            assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason
+    assert any(stop in tokenizer.decode(a.token_ids) for (a,) in free)
+    with pytest.raises(ValueError, match="stop strings need the engine's tokenizer"):
+        engine(model).generate(PREFIXES[:1], 1, SamplingParams(0.0, 1.0, 4, stop=("x",)))

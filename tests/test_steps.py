@@ -50,3 +50,24 @@ def test_steps_cover_the_response_and_rejoin_to_it():
     assert all(a < b for a, b in spans)
     assert "".join("".join(tokens[a:b]) for a, b in spans) == "".join(tokens)
     assert ["".join(tokens[a:b]) for a, b in spans] == ["x=1\n\n", "y\n", "#1"]
+
+
+def steps_of(text: str) -> list[str]:
+    """The steps of `text` with one token per character."""
+    chars = list(text)
+    return ["".join(chars[b:e]) for b, e in step_spans(split_steps(chars), len(chars))]
+
+
+def test_latex_display_blocks_and_boxed_answers_stay_in_one_step():
+    text = "We have\n\\[\nx = 1\n\\]\nso\n$$a\nb$$\nthen\n\\begin{align}\ny &= 2 \\\\\nz &= 3\n\\end{align}\n\\boxed{\\frac{1\n}{2}}"
+    assert steps_of(text) == [
+        "We have\n", "\\[\nx = 1\n\\]\n", "so\n", "$$a\nb$$\n", "then\n",
+        "\\begin{align}\ny &= 2 \\\\\nz &= 3\n\\end{align}\n", "\\boxed{\\frac{1\n}{2}}",
+    ]
+
+
+def test_nested_environments_and_unclosed_blocks():
+    nested = "a\n\\begin{x}\n\\begin{x}\n1\n\\end{x}\n2\n\\end{x}\nb"
+    assert steps_of(nested) == ["a\n", "\\begin{x}\n\\begin{x}\n1\n\\end{x}\n2\n\\end{x}\n", "b"]
+    assert steps_of("a\n\\[\nnever closed\nc") == ["a\n", "\\[\nnever closed\nc"]
+    assert steps_of("a\n\\boxed{1\n2") == ["a\n", "\\boxed{1\n2"]

@@ -10,16 +10,27 @@ import torch
 from tiny import TINY
 from transformers import LlamaConfig, LlamaForTokenClassification
 
-from vineppo.analysis.states import State, alternative_next_states, rollout_values, value_network_values
-from vineppo.analysis.stats import mc_sampling_error, mean_absolute_error, ranking_accuracy, ranking_scores
+from vineppo.analysis.states import (
+    State,
+    alternative_next_states,
+    rollout_values,
+    value_network_values,
+)
+from vineppo.analysis.stats import (
+    mc_sampling_error,
+    mean_absolute_error,
+    ranking_accuracy,
+    ranking_scores,
+)
 from vineppo.cli import main
 from vineppo.config import AlgoConfig, TrainConfig
-from vineppo.credit.vine import TokenTexts
 from vineppo.critic import Critic
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.models import build_char_tokenizer
+from vineppo.steps import TokenTexts
 from vineppo.tasks.base import Grade, Problem
+from fakes import FakeTaskBase
 
 PROBLEM = Problem("p0", "3+4*2\n", "3+4=7\n7*2=4\n#4", "4")
 
@@ -64,7 +75,7 @@ def decode(ids):
     return "".join(TEXT[i] for i in ids)
 
 
-class CoinTask:
+class CoinTask(FakeTaskBase):
     """Reward 1 if the response holds a "1" anywhere."""
 
     def grade(self, problem, response):

@@ -14,18 +14,27 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from transformers.utils import logging as transformers_logging
 
+from vineppo import distributed
 from vineppo.algorithms import ALGORITHMS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
 from vineppo.bench.compare import compare
 from vineppo.config import Config, ConfigError, load_config
-from vineppo.engine.base import ContextLengthError
+from vineppo.data import DataError
+from vineppo.engine.base import ContextLengthError, SamplingParams
 from vineppo.engine.hf import HFEngine
-from vineppo.evaluate import evaluate_greedy
+from vineppo.evaluate import evaluate_greedy, evaluate_sampled, sampled_metrics
 from vineppo.model_sources import resolve_model_source
-from vineppo.models import ModelLoadError, load_model, load_tokenizer, resolve_device
+from vineppo.models import (
+    ModelLoadError,
+    chat_template_of,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+)
 from vineppo.progress import Bars
 from vineppo.report.page import write_report
 from vineppo.runlog import WandbMissingError
@@ -42,9 +51,24 @@ class UsageError(Exception):
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (default: the built-in quickstart config)")
+    parser.add_argument("--config", action="append", metavar="FILE",
+                        help="YAML config file (default: the built-in quickstart config); repeat it to layer files, "
+                        "later ones winning key by key")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.k=9 train.iterations=20")
+    parser.add_argument("--skip-bad-rows", action="store_true",
+                        help="skip malformed data rows (counted and logged) instead of stopping (gsm8k, math)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _load(args: argparse.Namespace, paths, overrides: list[str]) -> Config:
+    """The config of `paths` + `overrides`, with `--skip-bad-rows` applied to the chosen task's section."""
+    cfg = load_config(paths, overrides)
+    if args.skip_bad_rows:
+        section = getattr(cfg.task, cfg.task.name)
+        if "skip_bad_rows" not in type(section).model_fields:
+            raise UsageError(f"--skip-bad-rows: task '{cfg.task.name}' reads no data files")
+        section.skip_bad_rows = True
+    return cfg
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -59,11 +83,15 @@ def _build_parser() -> argparse.ArgumentParser:
     sft = sub.add_parser("sft", help="train (or reuse) the SFT warm start of the built-in tiny model")
     _add_config_args(sft)
 
-    ev = sub.add_parser("eval", help="greedy test accuracy of a model directory on a task")
+    ev = sub.add_parser("eval", help="test accuracy of a model: greedy, and pass@k / maj@k from samples")
     _add_config_args(ev)
-    ev.add_argument("--model", required=True, help="model directory or hub id")
+    ev.add_argument("--model", required=True, help="model directory, hub id, .gguf file or smollm2-135m-instruct")
     ev.add_argument("--task", help="task name (default: task.name of the config)")
-    ev.add_argument("--output", help="write the metrics as JSON here")
+    ev.add_argument("--samples", type=int, default=0, metavar="K",
+                    help="also sample K responses per problem: pass@1, pass@K, maj@K (the paper: 16 at T = 0.35)")
+    ev.add_argument("--temperature", type=float, default=0.35, help="sampling temperature for --samples")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed for --samples")
+    ev.add_argument("--output", help="write the metrics (and per-problem sampled results) as JSON here")
 
     analyze = sub.add_parser("analyze", help="the paper's analyses of a trained run")
     analyses = analyze.add_subparsers(dest="analysis", required=True)
@@ -128,16 +156,20 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
             raise UsageError(f"--resume {run_dir}: no {CONFIG_FILE} there (is it a vineppo run directory?)")
         if args.config:
             raise UsageError("--resume uses the run's own config.yaml; pass overrides, not --config")
-        cfg = load_config(saved, args.overrides)
+        cfg = _load(args, saved, args.overrides)
     else:
-        cfg = load_config(args.config, args.overrides)
-        default_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg = _load(args, args.config, args.overrides)
+        distributed.init(cpu=resolve_device(cfg.model.device).type == "cpu")
+        default_dir = distributed.from_main(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
         run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
         if (run_dir / CONFIG_FILE).exists():
             raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --run-dir")
     _prepare_run_dir(run_dir)
+    distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     console.print(f"run directory: {run_dir}")
     summary = Trainer(cfg, run_dir, console, resume=bool(args.resume)).train()
+    if not distributed.is_main():
+        return
     minutes = (time.perf_counter() - started) / 60
     gain = 100 * (summary.final_accuracy - summary.initial_accuracy)
     console.print(
@@ -149,42 +181,71 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_sft(args: argparse.Namespace, console: Console) -> None:
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load(args, args.config, args.overrides)
     if cfg.model.path != "tiny":
         raise UsageError(f"vineppo sft trains the built-in tiny model; model.path is '{cfg.model.path}'")
     path = ensure_sft_model(cfg, console=console)
-    metrics = _evaluate(cfg, str(path), console)
+    metrics, _ = _evaluate(cfg, str(path), console)
     console.print(f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%}")
 
 
-def _evaluate(cfg: Config, model_path: str, console: Console) -> dict[str, float]:
-    task = build_task(cfg.task)
+def _evaluate(
+    cfg: Config, model_path: str, console: Console, samples: int = 0, temperature: float = 0.35, seed: int = 0
+) -> tuple[dict[str, float], list[dict]]:
+    """Greedy metrics and, with `samples` > 0, pass@1 / pass@k / maj@k from that many samples per problem
+    (top-p engine.top_p); returns the metrics and the per-problem sampled results."""
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    task = build_task(cfg.task, chat_template_of(tokenizer))
     model = load_model(model_path, cfg.model.dtype, resolve_device(cfg.model.device), cfg.model.trust_remote_code)
     engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
     problems = task.test_problems()
-    with Bars(console, cfg.logging.progress) as bars, bars.phase("eval (greedy)", len(problems)) as bar:
-        return evaluate_greedy(
-            engine,
-            lambda text: tokenizer(text).input_ids,
-            lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-            task,
-            problems,
-            cfg.engine.max_new_tokens,
-            on_progress=bar.advance,
-        )
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text).input_ids
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    per_problem: list[dict] = []
+    with Bars(console, cfg.logging.progress) as bars:
+        with bars.phase("eval (greedy)", len(problems)) as bar:
+            metrics = evaluate_greedy(
+                engine, encode, decode, task, problems, cfg.engine.max_new_tokens, on_progress=bar.advance
+            )
+        if samples:
+            params = SamplingParams(temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, task.stop_sequences)
+            generator = torch.Generator(device=model.device).manual_seed(seed)
+            with bars.phase(f"eval ({samples} samples, T = {temperature})", len(problems)) as bar:
+                results = evaluate_sampled(
+                    engine, encode, decode, task, problems, samples, params, generator, on_progress=bar.advance
+                )
+            metrics.update(sampled_metrics(problems, results, samples))
+            per_problem = [vars(r) for r in results]
+    return metrics, per_problem
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> None:
     overrides = list(args.overrides) + ([f"task.name={args.task}"] if args.task else [])
-    cfg = load_config(args.config, overrides)
-    metrics = _evaluate(cfg, resolve_model_source(args.model, cfg.model.trust_remote_code), console)
-    console.print(
+    cfg = _load(args, args.config, overrides)
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0, got {args.samples}")
+    model_path = resolve_model_source(args.model, cfg.model.trust_remote_code)
+    metrics, per_problem = _evaluate(cfg, model_path, console, args.samples, args.temperature, args.seed)
+    line = (
         f"vineppo eval: {args.model} on {cfg.task.name}: greedy accuracy {metrics['eval/accuracy']:.1%} "
         f"(no answer {metrics['eval/unparsed']:.1%}, cut off {metrics['eval/truncated']:.1%})"
     )
+    if args.samples:
+        k = args.samples
+        line += (
+            f"; {k} samples at T = {args.temperature}: pass@1 {metrics['eval/pass@1']:.1%}, "
+            f"pass@{k} {metrics[f'eval/pass@{k}']:.1%}, maj@{k} {metrics[f'eval/maj@{k}']:.1%}"
+        )
+    console.print(line, soft_wrap=True)
     if args.output:
-        Path(args.output).write_text(json.dumps({"model": args.model, "task": cfg.task.name, **metrics}, indent=2))
+        record = {"model": args.model, "task": cfg.task.name, "samples": args.samples,
+                  "temperature": args.temperature, "metrics": metrics, "problems": per_problem}
+        Path(args.output).write_text(json.dumps(record, indent=1))
 
 
 def cmd_analyze(args: argparse.Namespace, console: Console) -> None:
@@ -225,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
-    except (ConfigError, ContextLengthError, ModelLoadError, UsageError, WandbMissingError) as exc:
+    except (ConfigError, ContextLengthError, DataError, ModelLoadError, UsageError, WandbMissingError) as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

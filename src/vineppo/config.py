@@ -298,24 +298,17 @@ def _set_dotted(tree: dict, parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (if any), then each `key.sub=value` override in order."""
+ConfigPaths = str | Path | list[str | Path] | None
+
+
+def load_config(paths: ConfigPaths = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then each YAML file of `paths` in order (later files win, key by key), then each
+    `key.sub=value` override in order."""
     tree: dict = {}
-    source = "config"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
-        tree = loaded
+    files = [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
+    for path in map(Path, files):
+        _merge(tree, _read_yaml(path))
+    source = " + ".join(map(str, files)) or "config"
     for text in overrides or []:
         parts, value = _parse_override(text)
         _check_override_key(parts)
@@ -326,6 +319,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def _merge(tree: dict, update: dict) -> None:
+    """Deep-merge `update` into `tree`: mappings merge key by key, anything else replaces."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 def config_to_yaml(cfg: Config) -> str:

@@ -24,10 +24,9 @@ import torch
 
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
-from vineppo.credit.vine import TokenTexts
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import MiniBatchTotals, clipped_value_loss, masked_mean_var
-from vineppo.steps import split_steps
+from vineppo.steps import TokenTexts, split_steps
 from vineppo.update import micro_batches, minibatch_steps
 
 

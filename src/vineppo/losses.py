@@ -10,13 +10,18 @@ and gradient accumulation does not change the gradient. The value loss divides a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
 from vineppo.algorithms import LossAggregation
 
 KLEstimator = Literal["k1", "k2", "k3"]
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 @dataclass(frozen=True)
@@ -163,23 +168,26 @@ def dpo_plus_loss(
 
 
 def masked_mean_var(
-    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = False
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = False, reduce: Reduce | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of the masked entries (divided by count - 1 when `unbiased`)."""
-    count = mask.sum()
-    mean = masked_sum(values, mask) / count
-    return mean, masked_sum((values - mean) ** 2, mask) / (count - 1 if unbiased else count)
+    """Mean and variance of the masked entries (divided by count - 1 when `unbiased`). `reduce` sums a tensor
+    over the processes of a data-parallel run (vineppo.distributed.sum_over_ranks), giving the global moments."""
+    reduce = reduce or _same
+    count, total = reduce(torch.stack([mask.sum(), masked_sum(values, mask)]))
+    mean = total / count
+    return mean, reduce(masked_sum((values - mean) ** 2, mask)) / (count - 1 if unbiased else count)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance, as the official code's masked_whiten).
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, reduce: Reduce | None = None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, as the official code's masked_whiten), over
+    all processes when `reduce` is given.
 
     When every masked value is equal (e.g. every reward of the batch equal, so every VinePPO advantage is 0)
     the result is 0 rather than a division by zero.
     """
-    if mask.sum() < 2:
+    if (reduce or _same)(mask.sum()) < 2:
         return torch.zeros_like(values)
-    mean, var = masked_mean_var(values, mask, unbiased=True)
+    mean, var = masked_mean_var(values, mask, unbiased=True, reduce=reduce)
     if var <= eps:
         return torch.zeros_like(values)
     return (values - mean) * torch.rsqrt(var + eps) * mask

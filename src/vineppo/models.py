@@ -155,6 +155,11 @@ def load_value_model(
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
 
 
+def chat_template_of(tokenizer: PreTrainedTokenizerBase):
+    """The tokenizer's `apply_chat_template` when it has a chat template (for `prompt_format: chat`), else None."""
+    return tokenizer.apply_chat_template if getattr(tokenizer, "chat_template", None) else None
+
+
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass (`model.gradient_checkpointing`). transformers 5.24 renamed
     the method; the GPU machines' 5.17 may only have the old name."""

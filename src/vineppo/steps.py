@@ -1,29 +1,71 @@
 """Cut a response into reasoning steps, as token offsets.
 
 The paper splits GSM8K responses at newlines (PAPER-NOTES 2.7): a step is a line together with the newline that
-ends it; blank lines are merged into the step before them (leading ones into the first step), and
-the final answer line is a step of its own here (the paper merges "#### N" into the last step for GSM8K).
+ends it; blank lines are merged into the step before them (leading ones into the first step), and the final
+answer line is a step of its own here (the paper merges "#### N" into the last step for GSM8K).
 Splitting works on characters and then maps back to tokens: a step starts at the token that holds the step's
 first character, so a token that straddles a line break (".\nSo") opens the new step, two steps that begin inside
 one token merge, and tokens that decode to nothing (eos) stay in the step in progress. (The official code assigns
 a token to the step of its *first* character instead; that splits "\nSo" from " 3".)
+
+A newline inside a LaTeX display block (\\[...\\], $$...$$, \\begin{env}...\\end{env}) or a \\boxed{...} does not
+end a line, so such a block stays within one step (MATH solutions); the official code's MATH splitter is a longer
+heuristic (PAPER-NOTES 2.7) that we do not reproduce.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import re
+from typing import Callable, Sequence
+
+_LATEX_OPENER = re.compile(r"\\\[|\$\$|\\begin\{([^{}]*)\}|\\boxed\{")
+
+
+def _closing(text: str, opener: re.Match) -> int:
+    """The offset just past the end of the LaTeX block `opener` starts (the end of the text if it never closes)."""
+    mark, pos = opener.group(), opener.end()
+    if mark in ("\\[", "$$"):
+        end = text.find("\\]" if mark == "\\[" else "$$", pos)
+        return len(text) if end < 0 else end + 2
+    if mark == "\\boxed{":
+        depth = 1
+        for i in range(pos, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return i + 1
+        return len(text)
+    name, depth = re.escape(opener.group(1)), 1
+    for m in re.finditer(rf"\\(begin|end)\{{{name}\}}", text[pos:]):
+        depth += 1 if m.group(1) == "begin" else -1
+        if depth == 0:
+            return pos + m.end()
+    return len(text)
+
+
+def _protected(text: str) -> list[bool]:
+    """For each character, whether it lies inside a LaTeX display block (\\[...\\], $$...$$,
+    \\begin{env}...\\end{env}) or a \\boxed{...}: a newline there does not start a step."""
+    inside = [False] * len(text)
+    pos = 0
+    while (opener := _LATEX_OPENER.search(text, pos)) is not None:
+        end = _closing(text, opener)
+        inside[opener.start() : end] = [True] * (end - opener.start())
+        pos = max(end, opener.end())
+    return inside
 
 
 def _line_starts(text: str) -> list[int]:
     """Character offsets where each step starts: just after the last newline that precedes a line with content.
 
-    A step is thus a line plus any blank lines after it; leading blank lines belong to the first step.
+    A step is thus a line plus any blank lines after it; leading blank lines belong to the first step. Newlines
+    inside a LaTeX display block or a \\boxed{} do not end a line, so such a block stays within one step.
     """
     starts = [0]
     seen_content = False
     newline_after_content: int | None = None  # offset just past the latest newline since the last content
+    protected = _protected(text)
     for pos, char in enumerate(text):
-        if char == "\n":
+        if char == "\n" and not protected[pos]:
             if seen_content:
                 newline_after_content = pos + 1
         elif not char.isspace():
@@ -62,3 +104,17 @@ def step_spans(starts: Sequence[int], num_tokens: int) -> list[tuple[int, int]]:
     """[(begin, end)) token ranges of the steps given by `split_steps`."""
     ends = list(starts[1:]) + [num_tokens]
     return list(zip(starts, ends))
+
+
+class TokenTexts:
+    """Decoded text of single tokens, cached per id (special tokens decode to "")."""
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self._decode = decode
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ids: Sequence[int]) -> list[str]:
+        for i in ids:
+            if i not in self._cache:
+                self._cache[i] = self._decode([i])
+        return [self._cache[i] for i in ids]

@@ -27,17 +27,25 @@ import torch
 from rich.console import Console
 
 from vineppo.algorithms import PPO_FAMILY
+from vineppo import distributed
 from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
-from vineppo.config import Config, config_to_yaml
+from vineppo.config import Config, ConfigError, config_to_yaml
 from vineppo.critic import Critic
 from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
-from vineppo.episodes import Episode, grade_response
+from vineppo.episodes import Episode, grade_responses
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
-from vineppo.models import enable_activation_checkpointing, load_model, load_tokenizer, load_value_model, resolve_device
+from vineppo.models import (
+    chat_template_of,
+    enable_activation_checkpointing,
+    load_model,
+    load_tokenizer,
+    load_value_model,
+    resolve_device,
+)
 from vineppo.preference import dpo_plus_update, make_pairs, prepare_pairs
 from vineppo.progress import Bars
 from vineppo.report.samples import episode_record
@@ -46,7 +54,7 @@ from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
-from vineppo.update import NonFiniteError, prepare, ppo_update
+from vineppo.update import NonFiniteError, micro_batches_per_step, prepare, ppo_update
 
 CONFIG_FILE = "config.yaml"
 
@@ -66,6 +74,12 @@ def initial_model_path(cfg: Config, console: Console) -> str:
     if cfg.model.path == "tiny":
         return str(ensure_sft_model(cfg, console=console))
     return resolve_model_source(cfg.model.path, cfg.model.trust_remote_code)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The sampling seed of a rank in a data-parallel run: rank 0 keeps the iteration's seed (so one process
+    samples exactly as before), the others get seeds no iteration of rank 0 uses."""
+    return seed if rank == 0 else (seed * 6_364_136_223_846_793_005 + rank) % (2**63)
 
 
 def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
@@ -103,24 +117,38 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        device = resolve_device(cfg.model.device)
+        distributed.init(cpu=device.type == "cpu")
+        self.device = distributed.local_device(device)
+        self.is_main = distributed.is_main()
         self.console = console or Console(stderr=True)
-        self.device = resolve_device(cfg.model.device)
-        self.task = build_task(cfg.task)
-        self.train_set = self.task.train_problems()
-        self.test_set = self.task.test_problems()
+        if not self.is_main:  # one voice: rank 0's
+            self.console = Console(stderr=True, quiet=True)
+        world = distributed.world_size()
+        if cfg.train.prompts_per_iteration % world:
+            raise ConfigError(
+                f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be divisible by the number "
+                f"of processes ({world})"
+            )
 
-        init_path = initial_model_path(cfg, self.console)
+        with distributed.main_process_first():  # rank 0 fills the SFT / GGUF cache, the others reuse it
+            init_path = initial_model_path(cfg, self.console)
         resumed = load_latest(self.run_dir) if resume else None
         policy_path = str(resumed.policy_dir) if resumed else init_path
         mc = cfg.model
         self.tokenizer = load_tokenizer(policy_path, mc.trust_remote_code)
+        self.task = build_task(cfg.task, chat_template_of(self.tokenizer))
+        self.train_set = self.task.train_problems()
+        self.test_set = self.task.test_problems()
         self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
         if mc.gradient_checkpointing:
             enable_activation_checkpointing(self.policy)
         self.engine = HFEngine(self.policy, self.tokenizer, batch_size=cfg.engine.batch_size)
-        self.sampling = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
+        self.sampling = SamplingParams(
+            cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, self.task.stop_sequences
+        )
 
         tc = cfg.train
         self.optimizer, self.scheduler = self.optimizer_and_schedule(self.policy, tc.lr)
@@ -146,12 +174,16 @@ class Trainer:
             self.console.print(f"resuming {self.run_dir} after iteration {resumed.iteration}")
         elif resume:
             self.console.print(f"{self.run_dir} has no checkpoint yet: starting from iteration 0")
-        self.log = RunLog(
-            self.run_dir, cfg.logging.tensorboard, keep_through=self.start_iteration if resumed else -1,
-            wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None, config=cfg.model_dump(mode="json"),
-        )
-        self.last_accuracy = self.log.last("eval/accuracy")
-        (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
+        self.log: RunLog | None = None  # rank 0 alone writes the run directory
+        self.last_accuracy = float("nan")
+        if self.is_main:
+            self.log = RunLog(
+                self.run_dir, cfg.logging.tensorboard, keep_through=self.start_iteration if resumed else -1,
+                wandb_project=cfg.logging.wandb_project if cfg.logging.wandb else None,
+                config=cfg.model_dump(mode="json"),
+            )
+            self.last_accuracy = self.log.last("eval/accuracy")
+            (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
     def optimizer_and_schedule(self, model, lr: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW and the warmup-decay schedule over the run's optimizer steps (the policy's and the value
@@ -178,30 +210,36 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def train(self) -> Summary:
+        """Run the remaining iterations. In a data-parallel run every rank trains; rank 0 alone evaluates, logs
+        and checkpoints (the others wait for it at the next iteration's first collective)."""
         cfg, tc = self.cfg, self.cfg.train
-        with Bars(self.console, cfg.logging.progress) as bars:
+        with Bars(self.console, cfg.logging.progress and self.is_main) as bars:
             self.bars = bars
             advance_run = bars.overall("iterations", tc.iterations, completed=self.start_iteration)
-            if self.start_iteration == 0:
+            if self.start_iteration == 0 and self.is_main:
                 metrics = self.evaluate()
                 self.log.log(0, metrics)
                 self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
             for iteration in range(self.start_iteration, tc.iterations):
                 done = iteration + 1
                 try:
-                    metrics = self.iteration(iteration)
+                    metrics = distributed.average_metrics(self.iteration(iteration))
                 except NonFiniteError as exc:
                     raise TrainingError(
                         f"iteration {done}: {exc}; stopped without writing a checkpoint (the last good one is in "
                         f"{self.run_dir / 'checkpoints'})"
                     ) from exc
-                if done % tc.eval_every == 0 or done == tc.iterations:
-                    metrics.update(self.evaluate())
-                self.log.log(done, metrics)
-                self.report(done, metrics)
-                if done % tc.checkpoint_every == 0 or done == tc.iterations:
-                    self.save(done)
+                if self.is_main:
+                    if done % tc.eval_every == 0 or done == tc.iterations:
+                        metrics.update(self.evaluate())
+                    self.log.log(done, metrics)
+                    self.report(done, metrics)
+                    if done % tc.checkpoint_every == 0 or done == tc.iterations:
+                        self.save(done)
                 advance_run(1)
+        distributed.barrier()
+        if not self.is_main:
+            return Summary(float("nan"), float("nan"), tc.iterations)
         self.log.close()
         initial = next((r["eval/accuracy"] for r in self.log.records if r["iteration"] == 0), float("nan"))
         return Summary(initial, self.last_accuracy, tc.iterations)
@@ -218,19 +256,22 @@ class Trainer:
     def iteration(self, iteration: int) -> dict[str, float]:
         tc = self.cfg.train
         seed = iteration_seed(tc.seed, iteration)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        generator = torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank()))
         timings: dict[str, float] = {}
 
         problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
+        problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
         with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
             episodes = self.sample(problems, generator, bar.advance)
 
         with self.timed("credit", timings):
             credit_metrics = self.assign_credit(episodes, generator)
-        if not all(math.isfinite(a) for e in episodes for a in e.advantages):
+        finite = all(math.isfinite(a) for e in episodes for a in e.advantages)
+        if distributed.sum_over_ranks(torch.tensor([0.0 if finite else 1.0])).item() > 0:  # every rank stops
             raise NonFiniteError("the advantages contain NaN or inf")
-        shown = episodes[: self.cfg.logging.samples_per_iteration]
-        self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
+        if self.log is not None:
+            shown = episodes[: self.cfg.logging.samples_per_iteration]
+            self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
 
         with self.timed("update", timings):
             update_stats = self.update(episodes, seed)
@@ -326,25 +367,25 @@ class Trainer:
 
     def planned_steps(self, micro_batches: int) -> int:
         """Optimizer steps of an update over this many micro-batches (vineppo.update.minibatch_steps)."""
-        per_step = self.cfg.train.mini_batch_size // self.cfg.train.micro_batch_size
-        return self.cfg.train.epochs * math.ceil(micro_batches / per_step)
+        return self.cfg.train.epochs * math.ceil(micro_batches / micro_batches_per_step(self.cfg.train))
 
     def sample(self, problems: list[Problem], generator: torch.Generator, advance) -> list[Episode]:
         n = self.cfg.train.samples_per_prompt
         prompts = [self.encode(p.prompt) for p in problems]
         completions = self.engine.generate(prompts, n, self.sampling, generator=generator, on_progress=advance)
-        episodes = []
-        for index, (problem, prompt_ids, group) in enumerate(zip(problems, prompts, completions)):
-            for completion in group:
-                grade = grade_response(self.task, problem, self.decode(completion.token_ids), completion.finish_reason)
-                episodes.append(
-                    Episode(
-                        prompt_index=index, problem=problem, prompt_ids=prompt_ids,
-                        response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
-                        finish_reason=completion.finish_reason, reward=grade.reward, parsed=grade.parsed,
-                    )
-                )
-        return episodes
+        flat = [(index, c) for index, group in enumerate(completions) for c in group]
+        grades = grade_responses(
+            self.task, [problems[i] for i, _ in flat], [self.decode(c.token_ids) for _, c in flat],
+            [c.finish_reason for _, c in flat],
+        )
+        return [
+            Episode(
+                prompt_index=index, problem=problems[index], prompt_ids=prompts[index],
+                response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
+                finish_reason=completion.finish_reason, reward=grade.reward, parsed=grade.parsed,
+            )
+            for (index, completion), grade in zip(flat, grades)
+        ]
 
     def evaluate(self) -> dict[str, float]:
         started = time.perf_counter()

@@ -7,12 +7,14 @@ sampling temperature T, as the official code does (PAPER-NOTES 2.4).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch.nn.utils import clip_grad_norm_
 
+from vineppo import distributed
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import (
@@ -70,11 +72,14 @@ def prepare(
 
 
 def _whiten_across(batches: list[PreparedBatch]) -> None:
-    """Whiten advantages over every response token of the iteration. The official code whitens each mini-batch
-    separately; whitening once makes the advantages independent of how the episodes are cut into mini-batches."""
-    flat_adv = torch.cat([b.tokens.advantages.flatten() for b in batches])
-    flat_mask = torch.cat([b.tokens.response_mask.flatten() for b in batches])
-    white = whiten(flat_adv, flat_mask)
+    """Whiten advantages over every response token of the iteration (of every rank). The official code whitens
+    each mini-batch separately; whitening once makes the advantages independent of how the episodes are cut into
+    mini-batches and processes."""
+    if not batches and not distributed.active():
+        return
+    flat_adv = torch.cat([b.tokens.advantages.flatten() for b in batches] or [torch.zeros(0)])
+    flat_mask = torch.cat([b.tokens.response_mask.flatten() for b in batches] or [torch.zeros(0)])
+    white = whiten(flat_adv, flat_mask, reduce=distributed.sum_over_ranks)
     offset = 0
     for b in batches:
         n = b.tokens.advantages.numel()
@@ -87,29 +92,43 @@ MicroLoss = Callable[[Any, MiniBatchTotals], tuple[torch.Tensor, dict[str, torch
 A micro-batch is any object with a `tokens: TokenBatch`."""
 
 
+def micro_batches_per_step(train: TrainConfig) -> int:
+    """Micro-batches of this process in one mini-batch: the mini-batch is split over the ranks first."""
+    world = distributed.world_size()
+    if train.mini_batch_size % (world * train.micro_batch_size):
+        raise ValueError(
+            f"train.mini_batch_size ({train.mini_batch_size}) must be divisible by the number of processes ({world}) "
+            f"x train.micro_batch_size ({train.micro_batch_size})"
+        )
+    return train.mini_batch_size // world // train.micro_batch_size
+
+
 def minibatch_steps(
     model, optimizer, scheduler, batches: list, train: TrainConfig, generator: torch.Generator,
     micro_loss: MicroLoss, on_step=None,
 ) -> dict[str, float]:
     """`train.epochs` passes over the micro-batches in shuffled order, one clipped optimizer step per mini-batch.
 
-    Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses), so
-    accumulating the micro-batch gradients gives exactly the mini-batch's mean. Shared by every update (policy,
-    value network, RestEM, DPO+), so that with generators seeded alike they visit the same mini-batches. Returns the per-step means of
-    `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last `lr`.
+    Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses; over
+    every rank of a data-parallel run), so accumulating the micro-batch gradients, and summing them over the
+    ranks, gives exactly the mini-batch's mean. Shared by every update (policy, value network, RestEM, DPO+), so
+    that with generators seeded alike they visit the same mini-batches. Every rank takes as many steps as the
+    rank with the most micro-batches (RestEM and DPO+ keep different numbers of samples on each rank); a rank out
+    of micro-batches contributes zero gradients. Returns the per-step means of `micro_loss`'s statistics and of
+    `grad_norm` (before clipping), and the last `lr`.
     """
-    per_step = train.mini_batch_size // train.micro_batch_size
+    per_step = micro_batches_per_step(train)
+    steps_per_epoch = distributed.max_over_ranks(math.ceil(len(batches) / per_step))
     sums: dict[str, float] = {}
     steps = 0
     model.train()
     for _ in range(train.epochs):
         order = torch.randperm(len(batches), generator=generator).tolist()
-        for first in range(0, len(order), per_step):
+        for first in range(0, steps_per_epoch * per_step, per_step):
             group = [batches[i] for i in order[first : first + per_step]]
-            totals = MiniBatchTotals(
-                tokens=sum(b.tokens.response_mask.sum().item() for b in group),
-                sequences=sum(len(b.tokens.input_ids) for b in group),
-            )
+            local = [sum(b.tokens.response_mask.sum().item() for b in group), sum(len(b.tokens.input_ids) for b in group)]
+            tokens, sequences = distributed.sum_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
+            totals = MiniBatchTotals(tokens=tokens, sequences=sequences)
             optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
             for b in group:
@@ -117,6 +136,8 @@ def minibatch_steps(
                 loss.backward()
                 for name, value in stats.items():
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
+            distributed.sum_gradients(model)
+            step_stats = distributed.sum_dicts(step_stats)  # each rank's are its share of the mini-batch's
             grad_norm = clip_grad_norm_(model.parameters(), train.max_grad_norm)
             if not torch.isfinite(grad_norm):  # stop before the step poisons the weights
                 losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))

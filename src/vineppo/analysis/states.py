@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from vineppo.credit.vine import TokenTexts, mc_values
+from vineppo.credit.vine import mc_values
 from vineppo.critic import predict_values
 from vineppo.engine.base import Completion, Engine, ProgressCallback, SamplingParams
 from vineppo.episodes import Episode, collate
-from vineppo.steps import split_steps
+from vineppo.steps import TokenTexts, split_steps
 from vineppo.tasks.base import Problem, Task
 
 

@@ -39,14 +39,20 @@ from vineppo.analysis.states import (
     rollout_values,
     value_network_values,
 )
-from vineppo.analysis.stats import Estimate, absolute_errors, mc_sampling_error, mean_with_stderr, ranking_accuracy
+from vineppo.analysis.stats import (
+    Estimate,
+    absolute_errors,
+    mc_sampling_error,
+    mean_with_stderr,
+    ranking_accuracy,
+)
 from vineppo.checkpoint import Resumed, load_latest
 from vineppo.config import load_config
-from vineppo.credit.vine import TokenTexts
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
 from vineppo.models import load_model, load_tokenizer, load_value_model, resolve_device
 from vineppo.progress import Bars
+from vineppo.steps import TokenTexts
 from vineppo.tasks import build_task
 from vineppo.trainer import CONFIG_FILE
 

@@ -1,7 +1,7 @@
 """The paper's comparison at equal wall-clock: every method from one shared SFT model (`vineppo bench compare`).
 
 Every run uses the same config (by default the quickstart's task, SFT model, engine, prompts and samples per
-iteration, seed and update settings; `config_path` and `overrides` change it for all runs alike) except
+iteration, seed and update settings; `config_paths` and `overrides` change it for all runs alike) except
 `algo.name` and, for the K ablation, `algo.k`. Each run gets the same budget of
 training seconds (sampling + credit + update; evaluation is not counted), and greedy test accuracy is measured
 every `eval_seconds` of training time, so every method is evaluated at the same points of its budget.
@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from vineppo.algorithms import ALGORITHMS
-from vineppo.config import load_config
+from vineppo.config import ConfigPaths, load_config
 from vineppo.progress import Bars
 from vineppo.trainer import Trainer
 
@@ -47,12 +47,12 @@ def run_specs(methods: list[str], k_values: list[int], base_k: int) -> list[RunS
 
 
 def run_one(
-    spec: RunSpec, base: tuple[str | None, list[str]], budget: float, eval_seconds: float, out: Path,
+    spec: RunSpec, base: tuple[ConfigPaths, list[str]], budget: float, eval_seconds: float, out: Path,
     console: Console,
 ) -> list[dict]:
     """Train until `budget` training seconds have passed; an evaluation point each `eval_seconds` of them."""
-    config_path, overrides = base
-    cfg = load_config(config_path, [*overrides, *spec.overrides, "train.iterations=1000", "logging.progress=false"])
+    config_paths, overrides = base
+    cfg = load_config(config_paths, [*overrides, *spec.overrides, "train.iterations=1000", "logging.progress=false"])
     trainer = Trainer(cfg, out / ("run-" + spec.label.replace(" ", "").replace("=", "")), console)
     points, seconds, tokens, iteration, train_accuracies = [], 0.0, 0, 0, []
     with Bars(console, enabled=False) as trainer.bars:
@@ -127,17 +127,17 @@ def plot(results: dict[str, list[dict]], x_key: str, x_label: str, path: Path, t
 
 def compare(
     methods: list[str], k_values: list[int], budget: float, eval_seconds: float, out: Path,
-    config_path: str | None = None, overrides: list[str] = (), console: Console | None = None,
+    config_paths: ConfigPaths = None, overrides: list[str] = (), console: Console | None = None,
 ) -> str:
     """Run every spec one after the other, write results and plots to `out`, return the markdown table."""
     console = console or Console(stderr=True)
-    base_k = load_config(config_path, list(overrides)).algo.k
+    base_k = load_config(config_paths, list(overrides)).algo.k
     specs = run_specs(methods, k_values, base_k)
     out.mkdir(parents=True, exist_ok=True)
-    base = (config_path, list(overrides))
+    base = (config_paths, list(overrides))
     results = {spec.label: run_one(spec, base, budget, eval_seconds, out, console) for spec in specs}
     settings = {
-        "budget_seconds": budget, "eval_seconds": eval_seconds, "config": config_path, "overrides": list(overrides),
+        "budget_seconds": budget, "eval_seconds": eval_seconds, "config": config_paths, "overrides": list(overrides),
         "runs": {s.label: s.overrides for s in specs},
     }
     (out / "results.json").write_text(json.dumps({**settings, "results": results}, indent=1))

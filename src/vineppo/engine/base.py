@@ -24,6 +24,9 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    """Strings that end a completion like eos does (e.g. the plain prompt format's "\n\n\nProblem:", where a model
+    would start a new problem); the completion keeps the tokens that produced the string."""
 
     @property
     def greedy(self) -> bool:
@@ -34,11 +37,11 @@ class SamplingParams:
 class Completion:
     """One sampled continuation of a prefix.
 
-    token_ids: the generated tokens; ends with eos when finish_reason == "stop".
+    token_ids: the generated tokens; ends with eos or a stop string when finish_reason == "stop".
     logprobs: log-prob of each generated token under the policy's temperature-scaled distribution
         softmax(logits / T) (T = 1 for greedy), before top-p truncation: the same quantity the trainer's
         forward pass recomputes.
-    finish_reason: "stop" (emitted eos) or "length" (hit max_new_tokens).
+    finish_reason: "stop" (emitted eos or a stop string) or "length" (hit max_new_tokens).
     """
 
     token_ids: list[int]

@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from vineppo.engine.base import Completion, ContextLengthError, ProgressCallback, SamplingParams
+from vineppo.steps import TokenTexts
 
 
 class HFEngine:
@@ -52,6 +53,7 @@ class HFEngine:
         self._cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         self.eos_token_id = int(eos_token_id)
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else eos_token_id)
+        self.token_texts = TokenTexts(lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else None
 
     @property
     def max_context(self) -> int | None:
@@ -168,6 +170,11 @@ class HFEngine:
         done = torch.zeros(rows, dtype=torch.bool, device=device)
         ones = torch.ones((rows, 1), dtype=attention_mask.dtype, device=device)
         steps = 0
+        stop_texts = None
+        if params.stop:
+            if self.token_texts is None:
+                raise ValueError("stop strings need the engine's tokenizer (HFEngine(model, tokenizer, ...))")
+            stop_texts = StopStrings(params.stop, self.token_texts, rows, device)
         for t in range(max_new):
             log_probs = torch.log_softmax(logits / temperature, dim=-1)
             if params.greedy:
@@ -178,6 +185,8 @@ class HFEngine:
             tokens[:, t] = next_tokens
             logprobs[:, t] = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
             stopped = ~done & (next_tokens == self.eos_token_id)
+            if stop_texts is not None:
+                stopped |= ~done & stop_texts.append(next_tokens.tolist())
             lengths = torch.where(stopped, t + 1, lengths)
             at_eos |= stopped
             done |= stopped | (limits <= t + 1)
@@ -201,6 +210,25 @@ class HFEngine:
             Completion(token_rows[r][:length], logprob_rows[r][:length], "stop" if stop_rows[r] else "length")
             for r, length in enumerate(lengths.tolist())
         ]
+
+
+class StopStrings:
+    """Watches each row's generated text for any of the stop strings. Only the text's last characters are kept
+    (as many as the longest stop string), from the cached text of single tokens."""
+
+    def __init__(self, stops: Sequence[str], token_texts: TokenTexts, rows: int, device: torch.device):
+        self.stops, self.token_texts, self.device = tuple(stops), token_texts, device
+        self.keep = max(len(stop) for stop in self.stops)
+        self.tails = [""] * rows
+
+    def append(self, tokens: list[int]) -> torch.Tensor:
+        """Add one token per row; True for the rows whose text now holds a stop string."""
+        hit = []
+        for row, text in enumerate(self.token_texts(tokens)):
+            tail = self.tails[row] + text
+            hit.append(any(stop in tail for stop in self.stops))
+            self.tails[row] = tail[-self.keep :]
+        return torch.tensor(hit, dtype=torch.bool, device=self.device)
 
 
 def resolve_budgets(

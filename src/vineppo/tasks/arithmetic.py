@@ -77,6 +77,8 @@ class ArithmeticTask:
     alphabet = "0123456789+-*=#\n"
     """Every character a prompt or solution uses (the tiny model's tokenizer is built from it)."""
 
+    stop_sequences: tuple[str, ...] = ()
+
     def __init__(self, cfg: ArithmeticConfig) -> None:
         self.cfg = cfg
         right_operands = sum(cfg.max_operand if op == "*" else cfg.max_operand + 1 for op in set(cfg.operators))
@@ -165,10 +167,15 @@ class ArithmeticTask:
         Only that last `#` line counts (a model cannot hedge with several answers); if it is not a plain integer,
         the response is unparsed. Nothing in the response is evaluated.
         """
+        answer = self.extract_answer(response)
+        if answer is None:
+            return Grade(0.0, parsed=False)
+        return Grade(1.0 if int(answer) == int(problem.answer) else 0.0, parsed=True)
+
+    def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
+        return [self.grade(p, r) for p, r in zip(problems, responses)]
+
+    def extract_answer(self, response: str) -> str | None:
         answer_lines = [line.strip() for line in response.split("\n") if line.startswith("#")]
-        if not answer_lines:
-            return Grade(0.0, parsed=False)
-        match = _ANSWER_LINE.fullmatch(answer_lines[-1])
-        if match is None:
-            return Grade(0.0, parsed=False)
-        return Grade(1.0 if int(match.group(1)) == int(problem.answer) else 0.0, parsed=True)
+        match = _ANSWER_LINE.fullmatch(answer_lines[-1]) if answer_lines else None
+        return str(int(match.group(1))) if match else None

@@ -27,6 +27,8 @@ class Grade:
 
 class Task(Protocol):
     name: str
+    stop_sequences: tuple[str, ...]
+    """Strings that end a response like eos (the engine stops there); empty for most tasks."""
 
     def train_problems(self) -> list[Problem]: ...
 
@@ -38,4 +40,13 @@ class Task(Protocol):
 
     def grade(self, problem: Problem, response: str) -> Grade:
         """Grade the response text (without eos). Must never execute model output."""
+        ...
+
+    def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
+        """`grade` of each (problem, response) pair, in order."""
+        ...
+
+    def extract_answer(self, response: str) -> str | None:
+        """The final answer the grader would read from the response (None if there is none); majority votes
+        group responses by it."""
         ...
