@@ -104,7 +104,10 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[dict]], x_key: str, x_label: str, path: Path, title: str = "") -> None:
+def plot(
+    results: dict[str, list[dict]], x_key: str, x_label: str, path: Path, title: str = "", joined: bool = True
+) -> None:
+    """Test accuracy against `x_key`, one line per run (`joined=False`: points, with a faint line in time order)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +116,10 @@ def plot(results: dict[str, list[dict]], x_key: str, x_label: str, path: Path, t
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in results.items():
         shown = [p for p in points if x_key in p]
-        ax.plot([p[x_key] for p in shown], [p["accuracy"] for p in shown], "o-", markersize=3, label=name)
+        line = ax.plot([p[x_key] for p in shown], [p["accuracy"] for p in shown], "o-", markersize=3, label=name)[0]
+        if not joined:
+            line.set_alpha(0.35)
+            ax.scatter([p[x_key] for p in shown], [p["accuracy"] for p in shown], s=14, color=line.get_color())
     ax.set_xlabel(x_label)
     ax.set_ylabel("greedy test accuracy")
     if title:
@@ -145,7 +151,7 @@ def compare(
     plot(methods_only, "seconds", "training seconds (sampling + credit + update)", out / "accuracy_vs_seconds.png")
     plot(methods_only, "tokens", "generated tokens (policy + MC rollouts)", out / "accuracy_vs_tokens.png")
     plot(methods_only, "train_accuracy", "training accuracy (samples at T = 0.6 since the last evaluation)",
-         out / "generalization.png", "test accuracy for a given training accuracy")
+         out / "generalization.png", "test accuracy for a given training accuracy", joined=False)
     ablation = {label: points for label, points in results.items() if label.startswith("vineppo K=")}
     if ablation:
         if "vineppo" in results:
