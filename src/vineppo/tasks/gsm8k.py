@@ -11,19 +11,13 @@ default) nothing else counts; with `grader.strict = false`, a `\\boxed{}` or "Th
 from __future__ import annotations
 
 import re
-from functools import cached_property
 
 from vineppo.config import GSM8KConfig
-from vineppo.data import BadRow, Loaded, load_problems, required_text
-from vineppo.tasks.base import Grade, Problem
-from vineppo.tasks.grading import Grader, extract_answer, plain_number
-from vineppo.tasks.prompts import (
-    ApplyChatTemplate,
-    check_prompt_format,
-    make_prompt,
-    response_text,
-    stop_sequences,
-)
+from vineppo.data import BadRow, required_text
+from vineppo.tasks.base import Problem
+from vineppo.tasks.dataset_task import DatasetTask
+from vineppo.tasks.grading import plain_number
+from vineppo.tasks.prompts import response_text
 
 INSTRUCTION = "Solve the problem step by step, one step per line, and end with a line '#### <answer>'."
 
@@ -42,58 +36,20 @@ def parse_gsm8k_answer(answer: str) -> tuple[list[str], str]:
     return [line for line in lines if line], final.replace(",", "")
 
 
-class GSM8KTask:
+class GSM8KTask(DatasetTask):
     name = "gsm8k"
+    cfg: GSM8KConfig
+    instruction = INSTRUCTION
+    strict_markers = ("hash",)
+    lenient_markers = ("hash", "boxed", "answer_is")
 
-    def __init__(self, cfg: GSM8KConfig, apply_chat_template: ApplyChatTemplate | None = None) -> None:
-        self.cfg = cfg
-        self.apply_chat_template = apply_chat_template
-        self.stop_sequences = stop_sequences(cfg.prompt_format)
-        markers = ("hash",) if cfg.grader.strict else ("hash", "boxed", "answer_is")
-        self.grader = Grader(markers, timeout_s=cfg.grader.timeout_s, workers=cfg.grader.workers)
-        self.skipped_rows: dict[str, int] = {}
-        check_prompt_format(cfg.prompt_format, apply_chat_template)
-
-    def _problem(self, row: dict, row_id: str) -> Problem:
+    def row_to_problem(self, row: dict, row_id: str) -> Problem:
         question = required_text(row, "question")
         lines, final = parse_gsm8k_answer(required_text(row, "answer"))
         solution = "\n".join([*lines, f"#### {final}"])
         return Problem(
             id=f"gsm8k/{row_id}",
-            prompt=make_prompt(self.cfg.prompt_format, question.strip(), INSTRUCTION, self.apply_chat_template),
+            prompt=self.prompt(question.strip()),
             solution=response_text(self.cfg.prompt_format, solution),
             answer=final,
         )
-
-    def _load(self, source: str, split: str) -> list[Problem]:
-        loaded: Loaded = load_problems(
-            source, split, self._problem, hub_config=self.cfg.hub_config, skip_bad_rows=self.cfg.skip_bad_rows
-        )
-        self.skipped_rows[split] = loaded.skipped
-        return loaded.items
-
-    @cached_property
-    def _train(self) -> list[Problem]:
-        return self._load(self.cfg.train_source, "train")
-
-    @cached_property
-    def _test(self) -> list[Problem]:
-        return self._load(self.cfg.test_source, "test")[: self.cfg.test_size]
-
-    def train_problems(self) -> list[Problem]:
-        return list(self._train)
-
-    def sft_problems(self) -> list[Problem]:
-        return list(self._train)
-
-    def test_problems(self) -> list[Problem]:
-        return list(self._test)
-
-    def extract_answer(self, response: str) -> str | None:
-        return extract_answer(response, self.grader.markers)
-
-    def grade(self, problem: Problem, response: str) -> Grade:
-        return self.grader.grade(response, problem.answer)
-
-    def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
-        return self.grader.grade_batch(zip(responses, [p.answer for p in problems], strict=True))

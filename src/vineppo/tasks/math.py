@@ -16,19 +16,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
 
 from vineppo.config import MATHConfig
-from vineppo.data import BadRow, DataError, Loaded, load_problems, required_text
-from vineppo.tasks.base import Grade, Problem
-from vineppo.tasks.grading import Grader, extract_answer, last_boxed
-from vineppo.tasks.prompts import (
-    ApplyChatTemplate,
-    check_prompt_format,
-    make_prompt,
-    response_text,
-    stop_sequences,
-)
+from vineppo.data import BadRow, required_text
+from vineppo.tasks.base import Problem
+from vineppo.tasks.dataset_task import DatasetTask
+from vineppo.tasks.grading import last_boxed
+from vineppo.tasks.prompts import response_text
 
 INSTRUCTION = "Solve the problem step by step and put the final answer in \\boxed{}."
 
@@ -58,19 +52,18 @@ def _answer(row: dict, solution: str) -> str:
     return last_boxed(solution).strip()  # the caller checked that the solution has one
 
 
-class MATHTask:
+class MATHTask(DatasetTask):
     name = "math"
+    cfg: MATHConfig
+    instruction = INSTRUCTION
+    strict_markers = ("boxed",)
+    lenient_markers = ("boxed", "answer_is")
+    missing_train_source = (
+        ": MATH500 has test problems only; set it to a hub id or a local file/directory of MATH training problems "
+        "(problem, solution with \\boxed{})"
+    )
 
-    def __init__(self, cfg: MATHConfig, apply_chat_template: ApplyChatTemplate | None = None) -> None:
-        self.cfg = cfg
-        self.apply_chat_template = apply_chat_template
-        self.stop_sequences = stop_sequences(cfg.prompt_format)
-        markers = ("boxed",) if cfg.grader.strict else ("boxed", "answer_is")
-        self.grader = Grader(markers, timeout_s=cfg.grader.timeout_s, workers=cfg.grader.workers)
-        self.skipped_rows: dict[str, int] = {}
-        check_prompt_format(cfg.prompt_format, apply_chat_template)
-
-    def _problem(self, row: dict, row_id: str) -> MathProblem:
+    def row_to_problem(self, row: dict, row_id: str) -> MathProblem:
         problem = required_text(row, "problem")
         solution = required_text(row, "solution")
         if not last_boxed(solution):
@@ -79,47 +72,9 @@ class MATHTask:
         unique_id = row.get("unique_id")
         return MathProblem(
             id=f"math/{unique_id}" if unique_id else f"math/{row_id}",
-            prompt=make_prompt(self.cfg.prompt_format, problem.strip(), INSTRUCTION, self.apply_chat_template),
+            prompt=self.prompt(problem.strip()),
             solution=response_text(self.cfg.prompt_format, solution.strip()),
             answer=_answer(row, solution),
             level=_level(row),
             subject=str(subject) if subject else None,
         )
-
-    def _load(self, source: str, split: str) -> list[MathProblem]:
-        loaded: Loaded = load_problems(
-            source, split, self._problem, hub_config=self.cfg.hub_config, skip_bad_rows=self.cfg.skip_bad_rows
-        )
-        self.skipped_rows[split] = loaded.skipped
-        return loaded.items
-
-    @cached_property
-    def _train(self) -> list[MathProblem]:
-        if self.cfg.train_source is None:
-            raise DataError(
-                "task.math.train_source is not set: MATH500 has test problems only; set it to a hub id or a local "
-                "file/directory of MATH training problems (problem, solution with \\boxed{})"
-            )
-        return self._load(self.cfg.train_source, "train")
-
-    @cached_property
-    def _test(self) -> list[MathProblem]:
-        return self._load(self.cfg.test_source, "test")[: self.cfg.test_size]
-
-    def train_problems(self) -> list[Problem]:
-        return list(self._train)
-
-    def sft_problems(self) -> list[Problem]:
-        return list(self._train)
-
-    def test_problems(self) -> list[Problem]:
-        return list(self._test)
-
-    def extract_answer(self, response: str) -> str | None:
-        return extract_answer(response, self.grader.markers)
-
-    def grade(self, problem: Problem, response: str) -> Grade:
-        return self.grader.grade(response, problem.answer)
-
-    def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
-        return self.grader.grade_batch(zip(responses, [p.answer for p in problems], strict=True))
