@@ -101,3 +101,16 @@ def test_prompt_plus_generation_longer_than_the_context(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "exceeds the model's max_position_embeddings=128 (lower engine.max_new_tokens" in err
     assert "Traceback" not in err
+
+
+def test_a_disk_too_small_for_the_checkpoints_fails_before_training(tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "GiB free" in err and "lower logging.keep_checkpoints" in err and "Traceback" not in err
+    assert not (run / "metrics.jsonl").exists()  # nothing trained, nothing logged

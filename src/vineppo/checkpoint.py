@@ -53,6 +53,26 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class DiskSpaceError(OSError):
+    """The run directory's disk cannot hold the checkpoints the run will write."""
+
+
+def checkpoint_bytes(*models) -> int:
+    """About the size of one checkpoint: each model's weights plus AdamW's two moments of the same size."""
+    return sum(3 * p.numel() * p.element_size() for model in models for p in model.parameters())
+
+
+def check_free_space(run_dir: Path, per_checkpoint: int, keep: int) -> None:
+    """Fail before training if `keep` checkpoints, plus the one being written, would not fit on the disk."""
+    needed = (keep + 1) * per_checkpoint
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise DiskSpaceError(
+            f"run directory {run_dir} has {free / 2**30:.2f} GiB free, but {keep} checkpoints of this run and the one "
+            f"being written need about {needed / 2**30:.2f} GiB (free some space, or lower logging.keep_checkpoints)"
+        )
+
+
 @dataclass
 class Resumed:
     iteration: int  # the number of completed iterations

@@ -22,6 +22,7 @@ from vineppo import distributed
 from vineppo.algorithms import ALGORITHMS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
 from vineppo.bench.compare import compare
+from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, load_config
 from vineppo.data import DataError
 from vineppo.engine.base import ContextLengthError, SamplingParams
@@ -286,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
-    except (ConfigError, ContextLengthError, DataError, ModelLoadError, UsageError, WandbMissingError) as exc:
+    except (
+        ConfigError, ContextLengthError, DataError, DiskSpaceError, ModelLoadError, UsageError, WandbMissingError
+    ) as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

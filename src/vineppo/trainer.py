@@ -26,13 +26,19 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from vineppo.algorithms import PPO_FAMILY
 from vineppo import distributed
-from vineppo.checkpoint import load_latest, save_checkpoint, set_rng_state
+from vineppo.algorithms import PPO_FAMILY
+from vineppo.checkpoint import (
+    check_free_space,
+    checkpoint_bytes,
+    load_latest,
+    save_checkpoint,
+    set_rng_state,
+)
 from vineppo.config import Config, ConfigError, config_to_yaml
-from vineppo.critic import Critic
 from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
+from vineppo.critic import Critic
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
 from vineppo.episodes import Episode, grade_responses
@@ -54,7 +60,7 @@ from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
-from vineppo.update import NonFiniteError, micro_batches_per_step, prepare, ppo_update
+from vineppo.update import NonFiniteError, micro_batches_per_step, ppo_update, prepare
 
 CONFIG_FILE = "config.yaml"
 
@@ -162,6 +168,10 @@ class Trainer:
                 enable_activation_checkpointing(value_model)
             value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
             self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
+
+        if self.is_main:
+            models = [self.policy] + ([self.critic.model] if self.critic else [])
+            check_free_space(self.run_dir, checkpoint_bytes(*models), cfg.logging.keep_checkpoints)
 
         self.start_iteration = 0
         if resumed:
