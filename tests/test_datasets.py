@@ -44,7 +44,7 @@ def test_gsm8k_rows_become_problems_with_plain_prompts_and_hash_solutions():
     assert problems[1].solution.endswith("\nSo 2,400 pens.\n#### 2400")
     assert "<<" not in "".join(p.solution for p in problems)
     assert first.id == "gsm8k/test/1"
-    assert gsm8k(FIXTURES / "gsm8k_good.jsonl").stop_sequences == (PLAIN_STOP,)
+    assert PLAIN_STOP in gsm8k(FIXTURES / "gsm8k_good.jsonl").stop_sequences
 
 
 @pytest.mark.parametrize(
@@ -193,3 +193,15 @@ def test_shared_copies_load_completely():
     math500 = MATHTask(MATHConfig(test_source=str(SHARED / "math500"))).test_problems()
     assert len(math500) == 500 and {p.level for p in math500} == {1, 2, 3, 4, 5}
     assert len({p.subject for p in math500}) == 7
+
+
+def test_few_shot_examples_come_before_every_prompt():
+    task = gsm8k(FIXTURES / "gsm8k_good.jsonl", few_shot=2)
+    plain = gsm8k(FIXTURES / "gsm8k_good.jsonl")
+    first, second = plain.train_problems()[:2]
+    prefix = first.prompt + first.solution + "\n\n\n" + second.prompt + second.solution + "\n\n\n"
+    for shot, zero in zip(task.test_problems(), plain.test_problems()):
+        assert shot.prompt == prefix + zero.prompt and shot.solution == zero.solution
+    assert "\n\n\n[MATH_TASK]" in task.stop_sequences  # a model that starts another problem stops there
+    with pytest.raises(ValueError, match="few_shot needs prompt_format 'plain'"):
+        GSM8KTask(GSM8KConfig(few_shot=1, prompt_format="chat"), lambda messages, **kw: "x")

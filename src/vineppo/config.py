@@ -110,6 +110,8 @@ class GSM8KConfig(_Section):
     """The dataset config of a hub source (ignored for local files)."""
     prompt_format: Literal["plain", "chat"] = "plain"
     """"plain": the question, then a newline-led solution (the paper's); "chat": the model's chat template."""
+    few_shot: int = Field(0, ge=0)
+    """Solved training problems placed before every prompt, plain format only (the paper: 0, zero-shot)."""
     test_size: int | None = Field(None, ge=1)
     """Use only the first N test problems (None: all 1319)."""
     skip_bad_rows: bool = False
@@ -126,6 +128,8 @@ class MATHConfig(_Section):
     test_source: str = "HuggingFaceH4/MATH-500"
     hub_config: str | None = None
     prompt_format: Literal["plain", "chat"] = "plain"
+    few_shot: int = Field(0, ge=0)
+    """Solved training problems placed before every prompt, plain format only (the paper: 0, zero-shot)."""
     test_size: int | None = Field(None, ge=1)
     skip_bad_rows: bool = False
     grader: GraderConfig = GraderConfig()

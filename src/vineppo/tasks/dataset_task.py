@@ -4,12 +4,15 @@ A subclass names its markers and instruction and turns one data row into a Probl
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 
+from vineppo.config import ConfigError
 from vineppo.data import DataError, Loaded, load_problems
 from vineppo.tasks.base import Grade, Problem
 from vineppo.tasks.grading import Grader, extract_answer
 from vineppo.tasks.prompts import (
+    EXAMPLE_SEPARATOR,
     ApplyChatTemplate,
     check_prompt_format,
     make_prompt,
@@ -33,6 +36,8 @@ class DatasetTask:
         self.grader = Grader(markers, timeout_s=cfg.grader.timeout_s, workers=cfg.grader.workers)
         self.skipped_rows: dict[str, int] = {}  # per split, the malformed rows skipped (skip_bad_rows)
         check_prompt_format(cfg.prompt_format, apply_chat_template)
+        if cfg.few_shot and cfg.prompt_format != "plain":
+            raise ConfigError(f"task.{self.name}.few_shot needs prompt_format 'plain' (the chat format is zero-shot)")
 
     def row_to_problem(self, row: dict, row_id: str) -> Problem:
         """One data row as a Problem, or `vineppo.data.BadRow` naming the field that is wrong."""
@@ -49,14 +54,30 @@ class DatasetTask:
         return loaded.items
 
     @cached_property
-    def _train(self) -> list[Problem]:
+    def _train_as_loaded(self) -> list[Problem]:
         if self.cfg.train_source is None:
             raise DataError(f"task.{self.name}.train_source is not set{self.missing_train_source}")
         return self._load(self.cfg.train_source, "train")
 
     @cached_property
+    def _examples(self) -> str:
+        """The few-shot prefix: the first `few_shot` training problems with their gold solutions."""
+        if not self.cfg.few_shot:
+            return ""
+        return "".join(p.prompt + p.solution + EXAMPLE_SEPARATOR for p in self._train_as_loaded[: self.cfg.few_shot])
+
+    def _with_examples(self, problems: list[Problem]) -> list[Problem]:
+        if not self._examples:
+            return problems
+        return [dataclasses.replace(p, prompt=self._examples + p.prompt) for p in problems]
+
+    @cached_property
+    def _train(self) -> list[Problem]:
+        return self._with_examples(self._train_as_loaded)
+
+    @cached_property
     def _test(self) -> list[Problem]:
-        return self._load(self.cfg.test_source, "test")[: self.cfg.test_size]
+        return self._with_examples(self._load(self.cfg.test_source, "test")[: self.cfg.test_size])
 
     def train_problems(self) -> list[Problem]:
         return list(self._train)

@@ -2,7 +2,8 @@
 
 - `plain` (the paper's, PAPER-NOTES 2.8; zero-shot, the same for training and evaluation): the problem after a
   `[MATH_TASK] Problem:` header, then `Solution:`; the response starts on a new line, one reasoning step per line,
-  and sampling stops at `PLAIN_STOP`, where a model that goes on would start a new problem.
+  and sampling stops at `PLAIN_STOP` (or a new `[MATH_TASK]` header), where a model that goes on would start a new
+  problem. `few_shot` solved training problems, each ended by `EXAMPLE_SEPARATOR`, may come first.
 - `chat`: the model's own chat template, applied by a callable such as a tokenizer's `apply_chat_template`
   (passed in, so that the format is testable without a tokenizer); the response ends at the model's eos.
 """
@@ -18,6 +19,7 @@ PromptFormat = Literal["plain", "chat"]
 ApplyChatTemplate = Callable[..., str]
 
 PLAIN_STOP = "\n\n\nProblem:"
+EXAMPLE_SEPARATOR = "\n\n\n"  # after each few-shot example; a model that writes it next starts a new problem
 
 
 def plain_prompt(problem: str) -> str:
@@ -54,4 +56,4 @@ def response_text(prompt_format: PromptFormat, solution: str) -> str:
 
 
 def stop_sequences(prompt_format: PromptFormat) -> tuple[str, ...]:
-    return (PLAIN_STOP,) if prompt_format == "plain" else ()
+    return (PLAIN_STOP, EXAMPLE_SEPARATOR + "[MATH_TASK]") if prompt_format == "plain" else ()
