@@ -11,14 +11,14 @@ max_new_tokens minus the response tokens already in the prefix, as in training).
 
 It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS.
 
-    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3] [key=value ...]
+    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3] [--profile] [key=value ...]
 
 The model and task are the config's (default: the quickstart's SFT tiny model on arithmetic); for SmolLM2-135M on
 GSM8K, e.g.:
 
-    python benchmarks/rollout_engine.py --prompts 4 --samples 2 --repeats 1 model.path=smollm2-135m-instruct \
+    python benchmarks/rollout_engine.py --prompts 2 --samples 2 --repeats 1 model.path=smollm2-135m-instruct \
         task.name=gsm8k task.gsm8k.prompt_format=chat task.gsm8k.train_source=../shared/data/gsm8k/train.jsonl \
-        engine.max_new_tokens=96 engine.batch_size=64
+        task.gsm8k.test_source=../shared/data/gsm8k/test.jsonl engine.max_new_tokens=64 engine.batch_size=64
 """
 
 from __future__ import annotations
@@ -89,12 +89,23 @@ def ceiling(model, engine, prefixes, k, decode_steps: list[int]) -> None:
             positions = positions + 1
 
 
+def profile_engine(engine, prefixes, budgets, k, params, rows: int = 12) -> None:
+    """The ops that take the most CPU time in one engine call, as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.generate(prefixes, k, params, generator=torch.Generator().manual_seed(1), budgets=budgets)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, nargs="+", default=[3, 9])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where one engine call spends its time (torch.profiler, top ops)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=smollm2-135m-instruct")
     args = parser.parse_args()
 
@@ -109,6 +120,8 @@ def main() -> None:
     print(f"model {cfg.model.path} on {cfg.task.name}: {len(prefixes)} distinct step prefixes from {args.prompts} x "
           f"{args.samples} responses, torch threads {torch.get_num_threads()}")
 
+    if args.profile:
+        profile_engine(engine, prefixes, budgets, max(args.k), params)
     for k in args.k:
         # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.
         engine_s = ceiling_s = float("inf")

@@ -282,3 +282,16 @@ def test_a_stop_string_ends_a_completion_like_eos(model: LlamaForCausalLM) -> No
     assert any(stop in tokenizer.decode(a.token_ids) for (a,) in free)
     with pytest.raises(ValueError, match="stop strings need the engine's tokenizer"):
         engine(model).generate(PREFIXES[:1], 1, SamplingParams(0.0, 1.0, 4, stop=("x",)))
+
+
+@pytest.mark.parametrize("sharpness", [0.1, 3.0, 8.0])  # flat (falls back to the full sort) to peaked
+def test_top_p_over_the_top_candidates_equals_the_full_sort(sharpness: float) -> None:
+    from vineppo.engine.hf import _top_p_filter
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(sharpness * torch.randn(6, 1000, generator=g), dim=-1)
+    for top_p in (0.5, 0.9, 0.99):
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
+        expected = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
+        assert torch.equal(_top_p_filter(probs, top_p), expected)

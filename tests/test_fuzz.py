@@ -2,16 +2,20 @@
 
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vineppo.config import ArithmeticConfig
 from vineppo.steps import split_steps, step_spans
 from vineppo.tasks.arithmetic import ArithmeticTask
+from vineppo.tasks.grading import Grader
 
 # Token texts drawn from an alphabet rich in newlines and spaces, with empty (special) tokens.
 token_text = st.text(alphabet=st.sampled_from(list("ab1=#\n \t")), max_size=4)
-tokenisations = st.lists(token_text, max_size=40)
+# ... and from LaTeX fragments, which the splitter keeps together (display blocks, \boxed{}).
+latex_text = st.sampled_from(["\\[", "\\]", "$$", "\\begin{x}", "\\end{x}", "\\boxed{", "{", "}", "a", "\n", " "])
+tokenisations = st.one_of(st.lists(token_text, max_size=40), st.lists(latex_text, max_size=40))
 
 
 @given(tokenisations, st.one_of(st.none(), st.integers(1, 6)))
@@ -60,3 +64,25 @@ def test_grader_returns_a_binary_reward_quickly_on_any_string(response):
     assert grade.reward in (0.0, 1.0)
     assert grade.parsed or grade.reward == 0.0
     assert time.perf_counter() - started < 0.1
+
+
+MATH_GRADER_LIMIT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def math_grader():
+    with Grader(("boxed", "answer_is"), timeout_s=MATH_GRADER_LIMIT_S, workers=1) as grader:
+        grader.start()  # start-up is not grading time
+        yield grader
+
+
+answers = st.one_of(st.text(max_size=200), st.text(max_size=200).map(lambda t: f"so \\boxed{{{t}}}"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(answers, st.sampled_from(["3", "\\frac{1}{2}", "(1, 2]", "x^2 + 1"]))
+def test_the_math_grader_gives_0_or_1_within_its_time_limit(math_grader, response, gold):
+    started = time.perf_counter()
+    grade = math_grader.grade(response, gold)
+    assert grade.reward in (0.0, 1.0) and (grade.parsed or grade.reward == 0.0)
+    assert time.perf_counter() - started < MATH_GRADER_LIMIT_S + 2.0

@@ -308,6 +308,7 @@ class Trainer:
             "tokens/policy": policy_tokens,
             **credit_metrics,
             **update_stats,
+            **self.grader_metrics(),
             **{f"time/{name}": seconds for name, seconds in timings.items()},
         }
 
@@ -407,6 +408,11 @@ class Trainer:
         metrics["time/eval"] = time.perf_counter() - started
         self.last_accuracy = metrics["eval/accuracy"]
         return metrics
+
+    def grader_metrics(self) -> dict[str, float]:
+        """The GSM8K / MATH grader's counters since the run started (timeouts and crashed workers give reward 0)."""
+        grader = getattr(self.task, "grader", None)
+        return {f"grader/{name}": value for name, value in vars(grader.stats).items()} if grader else {}
 
     @contextmanager
     def timed(self, name: str, into: dict[str, float]):

@@ -247,6 +247,9 @@ def resolve_budgets(
     return list(budgets)
 
 
+NUCLEUS_CANDIDATES = 256
+
+
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tokens outside the nucleus: the smallest set, by descending probability, whose mass reaches top_p.
 
@@ -255,7 +258,12 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     if top_p >= 1.0:
         return probs
-    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+    # The nucleus usually lies among a few hundred tokens: when the top candidates already hold top_p of the mass in
+    # every row, sorting them alone gives the same nucleus as sorting the whole vocabulary (49k for SmolLM2).
+    candidates = min(probs.shape[-1], NUCLEUS_CANDIDATES)
+    sorted_probs, sorted_idx = probs.topk(candidates, dim=-1)
+    if candidates < probs.shape[-1] and bool((sorted_probs.sum(-1) < top_p * probs.sum(-1)).any()):
+        sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
     return torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
