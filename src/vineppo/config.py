@@ -100,39 +100,38 @@ class GraderConfig(_Section):
     number cannot game the reward. False: also accept "The answer is ..." and, failing that, the last number."""
 
 
-class GSM8KConfig(_Section):
-    """Where the GSM8K problems come from (vineppo.data): a hub id, or a local .jsonl/.json/.parquet file or a
-    directory of them."""
+class DatasetTaskConfig(_Section):
+    """What the data-set tasks share (vineppo.tasks.dataset_task): sources are a hub id, or a local
+    .jsonl/.json/.parquet file or a directory of them (vineppo.data)."""
 
-    train_source: str = "openai/gsm8k"
-    test_source: str = "openai/gsm8k"
-    hub_config: str | None = "main"
+    train_source: str | None = None
+    test_source: str
+    hub_config: str | None = None
     """The dataset config of a hub source (ignored for local files)."""
     prompt_format: Literal["plain", "chat"] = "plain"
-    """"plain": the question, then a newline-led solution (the paper's); "chat": the model's chat template."""
+    """"plain": the problem, then a newline-led solution (the paper's); "chat": the model's chat template."""
     few_shot: int = Field(0, ge=0)
     """Solved training problems placed before every prompt, plain format only (the paper: 0, zero-shot)."""
     test_size: int | None = Field(None, ge=1)
-    """Use only the first N test problems (None: all 1319)."""
+    """Use only the first N test problems (None: all)."""
     skip_bad_rows: bool = False
     """False: a malformed row stops loading with its file, row and field; True: it is skipped and counted."""
     grader: GraderConfig = GraderConfig()
 
 
-class MATHConfig(_Section):
-    """Where the MATH problems come from (vineppo.data). MATH500 has no train split: name a train source."""
+class GSM8KConfig(DatasetTaskConfig):
+    train_source: str | None = "openai/gsm8k"
+    test_source: str = "openai/gsm8k"
+    hub_config: str | None = "main"
+
+
+class MATHConfig(DatasetTaskConfig):
+    """MATH500, the default test source, has no train split: name a train source to train."""
 
     train_source: str | None = None
     """A hub id or local path of MATH training problems (e.g. a local copy of the MATH train split); None: no
     training problems, and asking for them raises an error that says so."""
     test_source: str = "HuggingFaceH4/MATH-500"
-    hub_config: str | None = None
-    prompt_format: Literal["plain", "chat"] = "plain"
-    few_shot: int = Field(0, ge=0)
-    """Solved training problems placed before every prompt, plain format only (the paper: 0, zero-shot)."""
-    test_size: int | None = Field(None, ge=1)
-    skip_bad_rows: bool = False
-    grader: GraderConfig = GraderConfig()
 
 
 class TaskConfig(_Section):

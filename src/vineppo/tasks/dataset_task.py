@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from functools import cached_property
 
-from vineppo.config import ConfigError
+from vineppo.config import ConfigError, DatasetTaskConfig
 from vineppo.data import DataError, Loaded, load_problems
 from vineppo.tasks.base import Grade, Problem
 from vineppo.tasks.grading import Grader, extract_answer
@@ -27,8 +27,7 @@ class DatasetTask:
     lenient_markers: tuple[str, ...]  # also accepted with grader.strict = false
     missing_train_source: str = ""  # added to the error when train_source is not set
 
-    def __init__(self, cfg, apply_chat_template: ApplyChatTemplate | None = None) -> None:
-        """`cfg` is the task's config section (GSM8KConfig, MATHConfig)."""
+    def __init__(self, cfg: DatasetTaskConfig, apply_chat_template: ApplyChatTemplate | None = None) -> None:
         self.cfg = cfg
         self.apply_chat_template = apply_chat_template
         self.stop_sequences = stop_sequences(cfg.prompt_format)
