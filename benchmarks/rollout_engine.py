@@ -33,7 +33,7 @@ from transformers import DynamicCache
 
 from vineppo.config import load_config
 from vineppo.engine.base import SamplingParams
-from vineppo.engine.hf import HFEngine
+from vineppo.engine.hf import HFEngine, grow_in_place
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import chat_template_of, load_model, load_tokenizer
 from vineppo.sft import ensure_sft_model
@@ -79,6 +79,7 @@ def ceiling(model, engine, prefixes, k, decode_steps: list[int]) -> None:
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{engine._cache_kwarg: cache})
         cache.batch_repeat_interleave(repeats)
+        grow_in_place(cache, width + steps)  # the same preallocated cache as the engine's
         mask = mask.repeat_interleave(repeats, 0)
         token = torch.zeros(mask.shape[0], 1, dtype=torch.long)
         positions = mask.sum(-1, keepdim=True)

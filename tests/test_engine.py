@@ -295,3 +295,24 @@ def test_top_p_over_the_top_candidates_equals_the_full_sort(sharpness: float) ->
         keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
         expected = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
         assert torch.equal(_top_p_filter(probs, top_p), expected)
+
+
+def test_a_cache_grown_in_place_gives_the_same_logits_as_one_grown_by_concatenation(model: LlamaForCausalLM) -> None:
+    from transformers import DynamicCache
+
+    from vineppo.engine.hf import _InPlaceLayer, grow_in_place
+
+    prefix, steps = torch.tensor([[1, 5, 6, 7]]), [[8], [9], [10]]
+    caches = [DynamicCache(config=model.config) for _ in range(2)]
+    for cache in caches:
+        model(input_ids=prefix, use_cache=True, **{engine(model)._cache_kwarg: cache})
+    grow_in_place(caches[1], capacity=prefix.shape[1] + len(steps))
+    assert all(isinstance(layer.update.__self__, _InPlaceLayer) for layer in caches[1].layers)
+    for position, token in enumerate(steps, start=prefix.shape[1]):
+        logits = [
+            model(input_ids=torch.tensor([token]), position_ids=torch.tensor([[position]]), use_cache=True,
+                  **{engine(model)._cache_kwarg: cache}).logits
+            for cache in caches
+        ]
+        assert torch.allclose(logits[0], logits[1], atol=1e-6)
+    assert caches[1].get_seq_length() == prefix.shape[1] + len(steps)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
 
 from vineppo.engine.base import Completion, ContextLengthError, ProgressCallback, SamplingParams
 from vineppo.steps import TokenTexts
@@ -159,6 +160,7 @@ class HFEngine:
         position_ids = position_ids[:, -1:].repeat_interleave(repeats, dim=0)
 
         rows, max_new = logits.shape[0], max(budgets)
+        grow_in_place(cache, width + max_new)
         temperature = 1.0 if params.greedy else params.temperature
         # Finished rows keep decoding with the others (cheaper than compacting the batch every step), but their
         # `lengths` entry is frozen at their eos or budget, so whatever they produce afterwards is cut off.
@@ -210,6 +212,40 @@ class HFEngine:
             Completion(token_rows[r][:length], logprob_rows[r][:length], "stop" if stop_rows[r] else "length")
             for r, length in enumerate(lengths.tolist())
         ]
+
+
+class _InPlaceLayer:
+    """Takes over a DynamicLayer's `update`: new keys and values are written into buffers sized for the whole
+    decode instead of concatenated (which copies the whole cache at every token: 44% of the engine's time on the
+    tiny model, docs/performance.md). The layer's `keys` / `values` stay views of the filled part, so everything
+    else that reads them (sequence length, mask sizes) is unchanged."""
+
+    def __init__(self, layer, capacity: int):
+        self.layer = layer
+        self.length = layer.keys.shape[-2]
+        shape = (*layer.keys.shape[:-2], capacity, layer.keys.shape[-1])
+        self.keys = layer.keys.new_empty(shape)
+        self.values = layer.values.new_empty(shape)
+        self.keys[..., : self.length, :] = layer.keys
+        self.values[..., : self.length, :] = layer.values
+        layer.keys, layer.values = self.keys[..., : self.length, :], self.values[..., : self.length, :]
+        layer.update = self.update
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.keys[..., self.length : end, :] = key_states
+        self.values[..., self.length : end, :] = value_states
+        self.length = end
+        self.layer.keys, self.layer.values = self.keys[..., :end, :], self.values[..., :end, :]
+        return self.layer.keys, self.layer.values
+
+
+def grow_in_place(cache: DynamicCache, capacity: int) -> None:
+    """Preallocate every layer of a filled DynamicCache for `capacity` positions. Layers of any other kind (or a
+    transformers without cache layers) are left to grow as they do."""
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is DynamicLayer and getattr(layer, "is_initialized", False):
+            _InPlaceLayer(layer, capacity)
 
 
 class StopStrings:
