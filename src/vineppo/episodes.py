@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,14 @@ class Episode:
     step_starts: list[int] = field(default_factory=list)
     step_values: list[float] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
+
+
+def group_by_prompt(episodes: list[Episode]) -> list[list[Episode]]:
+    """The episodes of each prompt (`Episode.prompt_index`), in order of first appearance; any input order."""
+    groups: dict[int, list[Episode]] = defaultdict(list)
+    for episode in episodes:
+        groups[episode.prompt_index].append(episode)
+    return list(groups.values())
 
 
 def grade_response(task: Task, problem: Problem, text: str, finish_reason: str) -> Grade:

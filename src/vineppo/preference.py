@@ -16,13 +16,12 @@ stays the SFT model, the KL reference of every method. What we chose where the p
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
 
 from vineppo.config import AlgoConfig, TrainConfig
-from vineppo.episodes import Episode, TokenBatch, collate
+from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt
 from vineppo.losses import MiniBatchTotals, dpo_plus_loss
 from vineppo.restem import CORRECT_REWARD
 from vineppo.update import forward_logprobs, minibatch_steps, policy_stats
@@ -39,11 +38,8 @@ class PairBatch:
 
 def make_pairs(episodes: list[Episode], rng: random.Random) -> list[tuple[Episode, Episode]]:
     """(correct, incorrect) pairs within each prompt's samples, each sample in at most one pair."""
-    by_prompt: dict[int, list[Episode]] = defaultdict(list)
-    for episode in episodes:
-        by_prompt[episode.prompt_index].append(episode)
     pairs = []
-    for group in by_prompt.values():
+    for group in group_by_prompt(episodes):
         correct = [e for e in group if e.reward >= CORRECT_REWARD]
         wrong = [e for e in group if e.reward < CORRECT_REWARD]
         rng.shuffle(correct)

@@ -11,11 +11,10 @@ all other settings not found; that code was not released). What we choose, and w
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from vineppo.episodes import Episode
+from vineppo.episodes import Episode, group_by_prompt
 
 GroupEstimator = Callable[[Sequence[float]], list[float]]
 
@@ -64,11 +63,9 @@ def group_credit(episodes: list[Episode], estimator: GroupEstimator) -> GroupSta
     baseline is the leave-one-out mean; its advantage is n/(n-1) times r - group mean, so the group mean
     is the shared part of it.)
     """
-    groups: dict[int, list[Episode]] = defaultdict(list)
-    for episode in episodes:
-        groups[episode.prompt_index].append(episode)
+    groups = group_by_prompt(episodes)
     equal = 0
-    for group in groups.values():
+    for group in groups:
         rewards = [e.reward for e in group]
         equal += len(set(rewards)) == 1
         baseline = statistics.fmean(rewards)
