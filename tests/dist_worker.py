@@ -3,7 +3,10 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py MODE OUT_DIR
 
 MODE "update": one PPO update over a fixed global batch, split over the ranks; each rank saves its parameter
-change. MODE "train": two training iterations; each rank saves its final parameters.
+change. MODE "uneven_update": the same for a RestEM update with 3 samples on rank 0 and 1 on rank 1. MODE "train": two training iterations; each rank saves its final parameters. MODE "train_resume" (PPO, with
+an accelerate FSDP environment): two iterations, then a third one resumed from the
+checkpoint; rank 0 saves the full weights after each part and checks that the resumed optimizer state equals the
+checkpoint's.
 """
 
 import copy
@@ -18,19 +21,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_update import episodes  # noqa: E402
 from tiny import TINY  # noqa: E402
 
-from vineppo import distributed  # noqa: E402
+from vineppo import distributed, sharding  # noqa: E402
+from vineppo.checkpoint import load_latest  # noqa: E402
 from vineppo.config import AlgoConfig, TrainConfig, load_config  # noqa: E402
 from vineppo.trainer import Trainer  # noqa: E402
+from vineppo.restem import restem_update  # noqa: E402
 from vineppo.update import ppo_update, prepare  # noqa: E402
 
 
-def updated(mine: list) -> dict:
-    """The parameter change and statistics of one PPO update (2 epochs of one mini-batch of the 8 episodes of
-    test_update.episodes) from `mine`, this process's share of them."""
+def updated(mine: list, fsdp: sharding.FSDPSettings | None = None, method: str = "ppo") -> dict:
+    """The parameter change and statistics of one update (2 epochs; PPO: one mini-batch of the 8 episodes of
+    test_update.episodes, RestEM: mini-batches of 4 in micro-batches of 1) from `mine`, this process's share of
+    them; with `fsdp` the policy is sharded, and the change is returned on rank 0 only."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=64, max_position_embeddings=64))
-    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=2,
+    mini, micro = (8, 2) if method == "ppo" else (4, 1)
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=mini, micro_batch_size=micro,
                         epochs=2, max_grad_norm=1.0)
     algo = AlgoConfig(kl_coef=0.1)
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
@@ -38,19 +45,39 @@ def updated(mine: list) -> dict:
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     before = copy.deepcopy(policy)
-    batches, _ = prepare(policy, reference, mine, pad_id=0, micro_batch_size=train.micro_batch_size,
-                         temperature=0.7, whiten_advantages=True, device=torch.device("cpu"))
+    if fsdp:
+        sharding.shard(policy, fsdp)
+    temperature = 0.7 if method == "ppo" else 1.0
+    with sharding.gathered(policy):
+        batches, _ = prepare(policy, reference, mine, pad_id=0, micro_batch_size=train.micro_batch_size,
+                             temperature=temperature, whiten_advantages=method == "ppo", device=torch.device("cpu"))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, 0.7, torch.Generator().manual_seed(0))
-    deltas = {name: p.detach() - q.detach() for (name, p), q in zip(policy.named_parameters(), before.parameters())}
+    generator = torch.Generator().manual_seed(0)
+    if method == "ppo":
+        stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, temperature, generator)
+    else:
+        stats = restem_update(policy, optimizer, scheduler, batches, algo, train, generator)
+    after = sharding.full_weights(policy) if fsdp else {name: p.detach() for name, p in policy.named_parameters()}
+    deltas = {name: after[name] - p.detach() for name, p in before.named_parameters() if name in after}
     return {"deltas": deltas, "stats": stats}
 
 
 def update(out: Path) -> None:
     distributed.init(cpu=True)
     rank, world = distributed.rank(), distributed.world_size()
-    torch.save(updated(episodes()[rank::world]), out / f"update_rank{rank}.pt")
+    result = updated(episodes()[rank::world], sharding.settings_from_env())
+    if result["deltas"]:
+        torch.save(result, out / f"update_rank{rank}.pt")
+
+
+def uneven_update(out: Path) -> None:
+    """A RestEM update where rank 0 kept 3 samples and rank 1 one: rank 1 runs out of micro-batches."""
+    distributed.init(cpu=True)
+    rank = distributed.rank()
+    result = updated(episodes()[:3] if rank == 0 else episodes()[3:4], sharding.settings_from_env(), "restem")
+    if result["deltas"]:
+        torch.save(result, out / f"update_rank{rank}.pt")
 
 
 def train(out: Path) -> None:
@@ -62,5 +89,25 @@ def train(out: Path) -> None:
     torch.save(params, out / f"params_rank{distributed.rank()}.pt")
 
 
+def train_resume(out: Path) -> None:
+    overrides = [*TINY, "algo.name=ppo", "train.prompts_per_iteration=4", "train.mini_batch_size=4",
+                 "train.micro_batch_size=1", "train.eval_every=3"]
+    Trainer(load_config(None, [*overrides, "train.iterations=2"]), out / "run").train()
+    resumed = Trainer(load_config(None, [*overrides, "train.iterations=3"]), out / "run", resume=True)
+    loaded, weights = sharding.optimizer_state(resumed.policy, resumed.optimizer), sharding.full_weights(resumed.policy)
+    if resumed.is_main:
+        saved = load_latest(out / "run").state["optimizer"]["state"]
+        same = loaded["state"].keys() == saved.keys() and all(
+            torch.equal(loaded["state"][i][key], moments[key]) for i, moments in saved.items() for key in moments
+        )
+        (out / "optimizer_state_matches").write_text(str(same))
+        torch.save(weights, out / "weights_after_2.pt")
+    resumed.train()
+    weights = sharding.full_weights(resumed.policy)
+    if resumed.is_main:
+        torch.save(weights, out / "weights_after_3.pt")
+
+
 if __name__ == "__main__":
-    {"update": update, "train": train}[sys.argv[1]](Path(sys.argv[2]))
+    modes = {"update": update, "uneven_update": uneven_update, "train": train, "train_resume": train_resume}
+    modes[sys.argv[1]](Path(sys.argv[2]))

@@ -17,6 +17,12 @@ from test_update import episodes
 WORKER = Path(__file__).parent / "dist_worker.py"
 
 
+FSDP_ENV = {  # what `accelerate launch --config_file configs/accelerate/fsdp_zero3.yaml` sets
+    "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+}
+
+
 def launch(mode: str, out: Path, env: dict) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(WORKER), mode, str(out)]
@@ -31,9 +37,14 @@ def child_env(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_single_process_step(tmp_path, tmp_path_factory):
-    launch("update", tmp_path, child_env(tmp_path_factory))
-    ranks = [torch.load(tmp_path / f"update_rank{r}.pt", weights_only=True) for r in (0, 1)]
+@pytest.mark.parametrize("fsdp", [None, "zero3", "zero2"])
+def test_two_processes_take_the_single_process_step(fsdp, tmp_path, tmp_path_factory):
+    env = child_env(tmp_path_factory)
+    if fsdp:
+        env.update(FSDP_ENV, FSDP_RESHARD_AFTER_FORWARD=str(fsdp == "zero3").lower())
+    launch("update", tmp_path, env)
+    ranks = [torch.load(path, weights_only=True) for path in sorted(tmp_path.glob("update_rank*.pt"))]
+    assert len(ranks) == (1 if fsdp else 2)  # sharded: rank 0 gathers the full weights
     single = updated(episodes())
     for name, delta in single["deltas"].items():
         assert delta.abs().max() > 0, name
@@ -53,6 +64,42 @@ def test_after_two_iterations_every_rank_holds_the_same_weights(tmp_path, tmp_pa
         assert torch.equal(zero[name], one[name]), name
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3  # iterations 0, 1, 2, written once (by rank 0)
+
+
+@pytest.mark.slow
+def test_a_sharded_rank_short_of_micro_batches_takes_the_same_step(tmp_path, tmp_path_factory):
+    """RestEM keeps different numbers of samples on the ranks; a sharded rank out of micro-batches runs zero-loss
+    backwards. The update equals the unsharded data-parallel one, which adds zero gradients instead."""
+    plain, sharded = tmp_path / "plain", tmp_path / "sharded"
+    plain.mkdir(), sharded.mkdir()
+    launch("uneven_update", plain, child_env(tmp_path_factory))
+    launch("uneven_update", sharded, {**child_env(tmp_path_factory), **FSDP_ENV})
+    expected = torch.load(plain / "update_rank0.pt", weights_only=True)
+    got = torch.load(sharded / "update_rank0.pt", weights_only=True)
+    for name, delta in expected["deltas"].items():  # changes of ~0.04; the sharded run sums the ranks' gradients
+        assert delta.abs().max() > 0, name  # micro-batch by micro-batch, AdamW magnifies that rounding where the
+        assert torch.allclose(got["deltas"][name], delta, atol=5e-5, rtol=1e-4), name  # gradient is ~0 (<= 1e-5)
+    assert got["stats"]["loss/grad_norm"] == pytest.approx(expected["stats"]["loss/grad_norm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_sharded_training_checkpoints_and_resumes(tmp_path, tmp_path_factory, sft_cache):
+    """FSDP over 2 processes, PPO (the value network is sharded too): the checkpoints hold the full weights and an
+    optimizer state that loads back exactly."""
+    from safetensors.torch import load_file
+
+    launch("train_resume", tmp_path, {**child_env(tmp_path_factory), **FSDP_ENV})
+    assert (tmp_path / "optimizer_state_matches").read_text() == "True"
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for done in (2, 3):
+        weights = torch.load(tmp_path / f"weights_after_{done}.pt", weights_only=True)
+        saved = load_file(checkpoints / f"iter_{done:06d}" / "policy" / "model.safetensors")
+        assert saved.keys() <= weights.keys() and len(saved) > 0
+        for name, tensor in saved.items():
+            assert torch.equal(tensor, weights[name]), name
+    assert (checkpoints / "iter_000003" / "value" / "model.safetensors").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # iterations 0-3, written once (by rank 0)
 
 
 @pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("multi_cpu", "MULTI_CPU")])

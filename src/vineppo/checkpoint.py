@@ -82,26 +82,29 @@ class Resumed:
 
 
 def save_checkpoint(
-    run_dir: Path, iteration: int, policy, tokenizer, optimizer, scheduler, keep: int,
-    value_model=None, extra_state: dict | None = None,
+    run_dir: Path, iteration: int, policy, tokenizer, optimizer_state: dict, scheduler, keep: int,
+    value_model=None, extra_state: dict | None = None, weights: tuple | list = (None, None),
 ) -> Path:
     """Write checkpoint `iteration` (the number of completed iterations) atomically; keep the newest `keep`.
 
-    `value_model` is saved as `value/`; `extra_state` (its optimizer and scheduler) joins trainer_state.pt."""
+    `value_model` is saved as `value/`; `extra_state` (its optimizer and scheduler) joins trainer_state.pt.
+    `weights` are the policy's and the value network's full state dicts where the models hold only their shards
+    (vineppo.sharding), None where they save themselves."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"
     for stale in root.glob(".iter_*.tmp-*"):  # left by a run killed while writing
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".iter_{iteration:06d}.tmp-{os.getpid()}"
-    policy.save_pretrained(tmp / POLICY_DIR, safe_serialization=True)
+    policy_weights, value_weights = weights
+    policy.save_pretrained(tmp / POLICY_DIR, state_dict=policy_weights, safe_serialization=True)
     tokenizer.save_pretrained(tmp / POLICY_DIR)
     if value_model is not None:
-        value_model.save_pretrained(tmp / VALUE_DIR, safe_serialization=True)
+        value_model.save_pretrained(tmp / VALUE_DIR, state_dict=value_weights, safe_serialization=True)
     torch.save(
         {
             "iteration": iteration,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
             **(extra_state or {}),

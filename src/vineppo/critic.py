@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from vineppo import sharding
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
 from vineppo.episodes import Episode, TokenBatch, collate
@@ -122,8 +123,11 @@ class Critic:
         return {"loss/value": stats["loss/value"], "value/grad_norm": stats["grad_norm"], "value/lr": stats["lr"]}
 
     def state_dict(self) -> dict:
-        return {"value_optimizer": self.optimizer.state_dict(), "value_scheduler": self.scheduler.state_dict()}
+        return {
+            "value_optimizer": sharding.optimizer_state(self.model, self.optimizer),
+            "value_scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["value_optimizer"])
+        sharding.load_optimizer_state(self.model, self.optimizer, state["value_optimizer"])
         self.scheduler.load_state_dict(state["value_scheduler"])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from vineppo import distributed
+from vineppo import distributed, sharding
 from vineppo.algorithms import PPO_FAMILY
 from vineppo.checkpoint import (
     check_free_space,
@@ -149,8 +149,13 @@ class Trainer:
         self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
-        if mc.gradient_checkpointing:
+        # an accelerate FSDP config shards the policy and the value network (vineppo.sharding)
+        self.fsdp = sharding.settings_from_env() if distributed.active() else None
+        checkpointing = mc.gradient_checkpointing or (self.fsdp is not None and self.fsdp.activation_checkpointing)
+        if checkpointing:
             enable_activation_checkpointing(self.policy)
+        if self.fsdp:
+            sharding.shard(self.policy, self.fsdp)
         self.engine = HFEngine(self.policy, self.tokenizer, batch_size=cfg.engine.batch_size)
         self.sampling = SamplingParams(
             cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, self.task.stop_sequences
@@ -164,8 +169,10 @@ class Trainer:
                 raise FileNotFoundError(f"the checkpoint of iteration {resumed.iteration} has no value network")
             value_path = str(resumed.value_dir) if resumed else init_path
             value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code)
-            if mc.gradient_checkpointing:
+            if checkpointing:
                 enable_activation_checkpointing(value_model)
+            if self.fsdp:
+                sharding.shard(value_model, self.fsdp)
             value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
             self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
 
@@ -175,7 +182,7 @@ class Trainer:
 
         self.start_iteration = 0
         if resumed:
-            self.optimizer.load_state_dict(resumed.state["optimizer"])
+            sharding.load_optimizer_state(self.policy, self.optimizer, resumed.state["optimizer"])
             self.scheduler.load_state_dict(resumed.state["scheduler"])
             if self.critic is not None:
                 self.critic.load_state_dict(resumed.state)
@@ -226,10 +233,12 @@ class Trainer:
         with Bars(self.console, cfg.logging.progress and self.is_main) as bars:
             self.bars = bars
             advance_run = bars.overall("iterations", tc.iterations, completed=self.start_iteration)
-            if self.start_iteration == 0 and self.is_main:
-                metrics = self.evaluate()
-                self.log.log(0, metrics)
-                self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
+            if self.start_iteration == 0:
+                with sharding.gathered(self.policy):  # rank 0 alone evaluates
+                    if self.is_main:
+                        metrics = self.evaluate()
+                        self.log.log(0, metrics)
+                        self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
             for iteration in range(self.start_iteration, tc.iterations):
                 done = iteration + 1
                 try:
@@ -239,13 +248,15 @@ class Trainer:
                         f"iteration {done}: {exc}; stopped without writing a checkpoint (the last good one is in "
                         f"{self.run_dir / 'checkpoints'})"
                     ) from exc
+                if done % tc.eval_every == 0 or done == tc.iterations:
+                    with sharding.gathered(self.policy):
+                        if self.is_main:
+                            metrics.update(self.evaluate())
                 if self.is_main:
-                    if done % tc.eval_every == 0 or done == tc.iterations:
-                        metrics.update(self.evaluate())
                     self.log.log(done, metrics)
                     self.report(done, metrics)
-                    if done % tc.checkpoint_every == 0 or done == tc.iterations:
-                        self.save(done)
+                if done % tc.checkpoint_every == 0 or done == tc.iterations:
+                    self.save(done)
                 advance_run(1)
         distributed.barrier()
         if not self.is_main:
@@ -255,13 +266,18 @@ class Trainer:
         return Summary(initial, self.last_accuracy, tc.iterations)
 
     def save(self, done: int) -> None:
-        """Checkpoint the state after `done` iterations (atomically; vineppo.checkpoint)."""
-        save_checkpoint(
-            self.run_dir, done, self.policy, self.tokenizer, self.optimizer, self.scheduler,
-            self.cfg.logging.keep_checkpoints,
-            value_model=self.critic.model if self.critic else None,
-            extra_state=self.critic.state_dict() if self.critic else None,
-        )
+        """Checkpoint the state after `done` iterations (atomically; vineppo.checkpoint). Every rank calls it:
+        sharded weights and optimizer states are gathered on rank 0, which writes."""
+        value_model = self.critic.model if self.critic else None
+        weights = [sharding.full_weights(m) if m is not None else None for m in (self.policy, value_model)]
+        optimizer_state = sharding.optimizer_state(self.policy, self.optimizer)
+        extra_state = self.critic.state_dict() if self.critic else None
+        if self.is_main:
+            save_checkpoint(
+                self.run_dir, done, self.policy, self.tokenizer, optimizer_state, self.scheduler,
+                self.cfg.logging.keep_checkpoints, value_model=value_model, extra_state=extra_state,
+                weights=weights,
+            )
 
     def iteration(self, iteration: int) -> dict[str, float]:
         tc = self.cfg.train
@@ -271,11 +287,12 @@ class Trainer:
 
         problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
         problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
-        with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
-            episodes = self.sample(problems, generator, bar.advance)
-
-        with self.timed("credit", timings):
-            credit_metrics = self.assign_credit(episodes, generator)
+        value_model = self.critic.model if self.critic else None
+        with sharding.gathered(self.policy, value_model):  # the ranks generate unequal amounts
+            with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
+                episodes = self.sample(problems, generator, bar.advance)
+            with self.timed("credit", timings):
+                credit_metrics = self.assign_credit(episodes, generator)
         finite = all(math.isfinite(a) for e in episodes for a in e.advantages)
         if distributed.sum_over_ranks(torch.tensor([0.0 if finite else 1.0])).item() > 0:  # every rank stops
             raise NonFiniteError("the advantages contain NaN or inf")
@@ -352,9 +369,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(seed)
         if algo.name == "restem":
             kept = select_correct(episodes, algo.restem_max_per_prompt)
-            batches, _ = prepare(
-                self.policy, self.reference, kept, pad_id, tc.micro_batch_size, 1.0, False, self.device
-            )
+            with sharding.gathered(self.policy):  # no-grad passes, as many as this rank's samples
+                batches, _ = prepare(
+                    self.policy, self.reference, kept, pad_id, tc.micro_batch_size, 1.0, False, self.device
+                )
             with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
                 stats = restem_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
             return {**stats, "restem/kept": len(kept) / len(episodes)}
@@ -365,10 +383,11 @@ class Trainer:
                 stats = dpo_plus_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
             return {**stats, "dpo/pairs": len(pairs)}
 
-        batches, gap = prepare(
-            self.policy, self.reference, episodes, pad_id, tc.micro_batch_size, temperature,
-            algo.whiten_advantages, self.device,
-        )
+        with sharding.gathered(self.policy):
+            batches, gap = prepare(
+                self.policy, self.reference, episodes, pad_id, tc.micro_batch_size, temperature,
+                algo.whiten_advantages, self.device,
+            )
         with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
             stats = ppo_update(*optimizer, batches, algo, tc, temperature, generator, on_step=bar.advance)
         if self.critic is not None:

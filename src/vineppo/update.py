@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from vineppo import distributed
+from vineppo import distributed, sharding
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import (
@@ -114,11 +114,13 @@ def minibatch_steps(
     ranks, gives exactly the mini-batch's mean. Shared by every update (policy, value network, RestEM, DPO+), so
     that with generators seeded alike they visit the same mini-batches. Every rank takes as many steps as the
     rank with the most micro-batches (RestEM and DPO+ keep different numbers of samples on each rank); a rank out
-    of micro-batches contributes zero gradients. Returns the per-step means of `micro_loss`'s statistics and of
-    `grad_norm` (before clipping), and the last `lr`.
+    of micro-batches contributes zero gradients (with a sharded model, by backward passes of a zero loss).
+    Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last
+    `lr`.
     """
     per_step = micro_batches_per_step(train)
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(batches) / per_step))
+    sharded = sharding.is_sharded(model)
     sums: dict[str, float] = {}
     steps = 0
     model.train()
@@ -136,9 +138,13 @@ def minibatch_steps(
                 loss.backward()
                 for name, value in stats.items():
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
-            distributed.sum_gradients(model)
+            if sharded:  # FSDP sums the gradients in each backward: every rank must run as many backwards
+                for _ in range(per_step - len(group)):
+                    sharding.zero_loss(model).backward()
+            else:
+                distributed.sum_gradients(model)
             step_stats = distributed.sum_dicts(step_stats)  # each rank's are its share of the mini-batch's
-            grad_norm = clip_grad_norm_(model.parameters(), train.max_grad_norm)
+            grad_norm = sharding.local_value(clip_grad_norm_(model.parameters(), train.max_grad_norm))
             if not torch.isfinite(grad_norm):  # stop before the step poisons the weights
                 losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))
                 raise NonFiniteError(f"the gradient norm is {float(grad_norm)} ({losses})")
