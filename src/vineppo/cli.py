@@ -26,7 +26,8 @@ from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, load_config
 from vineppo.data import DataError
 from vineppo.engine.base import ContextLengthError, SamplingParams
-from vineppo.engine.hf import HFEngine
+from vineppo.engine import build_engine
+from vineppo.engine.vllm import VLLMMissingError
 from vineppo.evaluate import evaluate_greedy, evaluate_sampled, sampled_metrics
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
@@ -198,7 +199,7 @@ def _evaluate(
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task = build_task(cfg.task, chat_template_of(tokenizer))
     model = load_model(model_path, cfg.model.dtype, resolve_device(cfg.model.device), cfg.model.trust_remote_code)
-    engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+    engine = build_engine(cfg, model, tokenizer, model_path)
     problems = task.test_problems()
 
     def encode(text: str) -> list[int]:
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args, console)
     except (
-        ConfigError, ContextLengthError, DataError, DiskSpaceError, ModelLoadError, UsageError, WandbMissingError
+        ConfigError, ContextLengthError, DataError, DiskSpaceError, ModelLoadError, UsageError, VLLMMissingError,
+        WandbMissingError,
     ) as exc:
         if args.debug:
             raise

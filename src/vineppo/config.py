@@ -144,14 +144,19 @@ class TaskConfig(_Section):
 class EngineConfig(_Section):
     """Sampling settings shared by the training rollouts and VinePPO's MC rollouts (as in the paper)."""
 
-    name: Literal["hf"] = "hf"
+    name: Literal["hf", "vllm"] = "hf"
+    """"hf": transformers, CPU or GPU (vineppo.engine.hf); "vllm": vLLM on a GPU, optional, installed separately
+    (vineppo.engine.vllm)."""
     temperature: float = Field(0.6, gt=0)
     """Paper: 0.6 for training rollouts and MC rollouts alike."""
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(48, ge=1)
     """Paper: 1024 tokens; the arithmetic task's solutions are about 30 characters."""
     batch_size: int = Field(512, ge=1)
-    """Most sequences (prefixes x samples) decoded together in one forward pass."""
+    """Most sequences (prefixes x samples) decoded together in one forward pass (hf only; vLLM schedules its own)."""
+    gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    """vllm only: the share of the GPU's memory vLLM takes (weights + KV cache); the rest is left to training,
+    which shares the GPU (vLLM's own default, 0.92, assumes it is alone)."""
 
 
 class AlgoConfig(_Section):

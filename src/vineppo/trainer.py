@@ -40,7 +40,7 @@ from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
 from vineppo.critic import Critic
 from vineppo.engine.base import SamplingParams
-from vineppo.engine.hf import HFEngine
+from vineppo.engine import build_engine
 from vineppo.episodes import Episode, grade_responses
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
@@ -156,7 +156,10 @@ class Trainer:
             enable_activation_checkpointing(self.policy)
         if self.fsdp:
             sharding.shard(self.policy, self.fsdp)
-        self.engine = HFEngine(self.policy, self.tokenizer, batch_size=cfg.engine.batch_size)
+        if self.fsdp and cfg.engine.name == "vllm":
+            raise ConfigError("engine.name=vllm cannot be combined with an FSDP config (vLLM needs the full weights)")
+        rank = distributed.rank() if distributed.active() else None
+        self.engine = build_engine(cfg, self.policy, self.tokenizer, policy_path, rank)
         self.sampling = SamplingParams(
             cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, self.task.stop_sequences
         )
@@ -302,6 +305,7 @@ class Trainer:
 
         with self.timed("update", timings):
             update_stats = self.update(episodes, seed)
+            self.engine.sync_weights()
         catch_up(self.scheduler, (iteration + 1) * self.steps_per_iteration)
 
         rewards = torch.tensor([e.reward for e in episodes])

@@ -2,4 +2,20 @@
 
 from vineppo.engine.base import Completion, Engine, SamplingParams
 
-__all__ = ["Completion", "Engine", "SamplingParams"]
+
+def build_engine(cfg, model, tokenizer, model_path: str, rank: int | None = None) -> Engine:
+    """The engine `cfg.engine.name` names, sampling from `model` (whose weights were loaded from `model_path`).
+    `rank`: the process's rank in a multi-process run, None alone."""
+    if cfg.engine.name == "vllm":
+        from vineppo.engine.vllm import VLLMEngine  # vLLM is imported only when asked for
+
+        return VLLMEngine(
+            model_path, model, tokenizer, dtype=cfg.model.dtype, gpu_memory_utilization=cfg.engine.gpu_memory_utilization,
+            seed=cfg.train.seed, rank=rank, trust_remote_code=cfg.model.trust_remote_code,
+        )
+    from vineppo.engine.hf import HFEngine
+
+    return HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+
+
+__all__ = ["Completion", "Engine", "SamplingParams", "build_engine"]

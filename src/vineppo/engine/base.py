@@ -70,3 +70,7 @@ class Engine(Protocol):
         tokens max_new_tokens - j, so an MC rollout is cut off exactly where the full response would have been.
         """
         ...
+
+    def sync_weights(self) -> None:
+        """Sample from the policy's current weights from now on; the trainer calls it after every update."""
+        ...

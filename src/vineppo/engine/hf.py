@@ -56,6 +56,9 @@ class HFEngine:
         self.pad_token_id = int(pad_token_id if pad_token_id is not None else eos_token_id)
         self.token_texts = TokenTexts(lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else None
 
+    def sync_weights(self) -> None:
+        """Nothing to copy: this engine runs the policy module itself."""
+
     @property
     def max_context(self) -> int | None:
         """The longest prefix + completion the model's positions allow (None if the config does not say)."""
