@@ -32,6 +32,7 @@ from vineppo.evaluate import evaluate_greedy, evaluate_sampled, sampled_metrics
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
     ModelLoadError,
+    TextCodec,
     chat_template_of,
     load_model,
     load_tokenizer,
@@ -202,12 +203,8 @@ def _evaluate(
     engine = build_engine(cfg, model, tokenizer, model_path)
     problems = task.test_problems()
 
-    def encode(text: str) -> list[int]:
-        return tokenizer(text).input_ids
-
-    def decode(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
+    codec = TextCodec(tokenizer)
+    encode, decode = codec.encode, codec.decode
     per_problem: list[dict] = []
     with Bars(console, cfg.logging.progress) as bars:
         with bars.phase("eval (greedy)", len(problems)) as bar:

@@ -167,6 +167,20 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     enable()
 
 
+class TextCodec:
+    """Text <-> token ids as every part of vineppo uses them: the tokenizer's own encoding (with the special tokens
+    it adds, e.g. BOS), and decoding without special tokens (so eos and padding never reach a grader)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a model; one without a pad token pads with eos (batched generation needs one)."""
     _check_source(path)

@@ -45,6 +45,7 @@ from vineppo.episodes import Episode, grade_responses
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
+    TextCodec,
     chat_template_of,
     enable_activation_checkpointing,
     load_model,
@@ -143,6 +144,8 @@ class Trainer:
         policy_path = str(resumed.policy_dir) if resumed else init_path
         mc = cfg.model
         self.tokenizer = load_tokenizer(policy_path, mc.trust_remote_code)
+        codec = TextCodec(self.tokenizer)
+        self.encode, self.decode = codec.encode, codec.decode
         self.task = build_task(cfg.task, chat_template_of(self.tokenizer))
         self.train_set = self.task.train_problems()
         self.test_set = self.task.test_problems()
@@ -220,13 +223,6 @@ class Trainer:
         """Optimizer steps of an iteration that trains on all its episodes (every PPO-family iteration)."""
         tc = self.cfg.train
         return tc.epochs * tc.prompts_per_iteration * tc.samples_per_prompt // tc.mini_batch_size
-
-    # -- text <-> tokens -------------------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text).input_ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def train(self) -> Summary:

@@ -50,7 +50,7 @@ from vineppo.checkpoint import Resumed, load_latest
 from vineppo.config import load_config
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine
-from vineppo.models import load_model, load_tokenizer, load_value_model, resolve_device
+from vineppo.models import TextCodec, load_model, load_tokenizer, load_value_model, resolve_device
 from vineppo.progress import Bars
 from vineppo.steps import TokenTexts
 from vineppo.tasks import build_task
@@ -114,8 +114,8 @@ def analyze_values(
     engine = HFEngine(policy, tokenizer, batch_size=cfg.engine.batch_size)
     task = build_task(cfg.task)
     params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
-    encode = lambda text: tokenizer(text).input_ids  # noqa: E731
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    codec = TextCodec(tokenizer)
+    encode, decode = codec.encode, codec.decode
     token_texts = TokenTexts(decode)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     problems = task.test_problems()
