@@ -6,8 +6,8 @@ max_new_tokens minus the response tokens already in the prefix, as in training).
 
   (a) naive    one `model.generate` per prefix with num_return_sequences=K (the prefix is recomputed K times)
   (b) engine   vineppo's HFEngine: prefixes batched by length, each prefix computed once, its KV cache expanded
-  (c) ceiling  the bare model: the same groups, one prefix forward and as many one-token KV-cached forwards as (b)
-               decoded, with no sampling or bookkeeping at all
+  (c) ceiling  the bare model: the same groups, one prefix forward and the same one-token KV-cached forwards as
+               (b) ran, with as many rows each (the engine drops finished rows), with no sampling or bookkeeping
 
 It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS.
 
@@ -68,10 +68,30 @@ def naive(model, tokenizer, prefixes, budgets, k, params) -> int:
     return tokens
 
 
+def forward_batches(model, run):
+    """`run()`'s result, and the rows of every forward pass it made, one list per engine group (a group starts
+    with its prefix pass, the only one of more than one token)."""
+    groups: list[list[int]] = []
+
+    def record(_module, _args, kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1:
+            groups.append([])
+        groups[-1].append(ids.shape[0])
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return groups, result
+
+
 @torch.inference_mode()
-def ceiling(model, engine, prefixes, k, decode_steps: list[int]) -> None:
-    """Prefix forward + `decode_steps[g]` one-token forwards for each of the engine's groups, nothing else."""
-    for (indices, repeats, _), steps in zip(engine._plan(prefixes, k), decode_steps):
+def ceiling(model, engine, prefixes, k, batches: list[list[int]]) -> None:
+    """For each of the engine's groups: the prefix forward, then one-token KV-cached forwards with the engine's row
+    counts (`batches`, as `forward_batches` recorded them), nothing else."""
+    for (indices, repeats, _), rows in zip(engine._plan(prefixes, k), batches):
         group = [prefixes[i] for i in indices]
         width = max(map(len, group))
         ids = torch.tensor([[engine.pad_token_id] * (width - len(p)) + p for p in group])
@@ -79,11 +99,15 @@ def ceiling(model, engine, prefixes, k, decode_steps: list[int]) -> None:
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{engine._cache_kwarg: cache})
         cache.batch_repeat_interleave(repeats)
-        grow_in_place(cache, width + steps)  # the same preallocated cache as the engine's
+        grow_in_place(cache, width + len(rows))  # the same preallocated cache as the engine's
         mask = mask.repeat_interleave(repeats, 0)
-        token = torch.zeros(mask.shape[0], 1, dtype=torch.long)
         positions = mask.sum(-1, keepdim=True)
-        for _ in range(steps - 1):
+        for count in rows[1:]:
+            if count < mask.shape[0]:  # the engine dropped finished rows here
+                keep = torch.arange(count)
+                cache.batch_select_indices(keep)
+                mask, positions = mask[keep], positions[keep]
+            token = torch.zeros(count, 1, dtype=torch.long)
             mask = torch.cat([mask, torch.ones_like(token)], 1)
             model(input_ids=token, attention_mask=mask, position_ids=positions, use_cache=True,
                   **{engine._cache_kwarg: cache})
@@ -127,14 +151,12 @@ def main() -> None:
         # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.
         engine_s = ceiling_s = float("inf")
         for _ in range(args.repeats):
-            started = time.perf_counter()
-            results = engine.generate(prefixes, k, params, generator=torch.Generator().manual_seed(1), budgets=budgets)
+            started = time.perf_counter()  # the hook that records the batch sizes costs microseconds per forward
+            batches, results = forward_batches(model, lambda: engine.generate(
+                prefixes, k, params, generator=torch.Generator().manual_seed(1), budgets=budgets))
             engine_s = min(engine_s, time.perf_counter() - started)
-            decode_steps = [
-                max(len(c.token_ids) for i in indices for c in results[i]) for indices, _, _ in engine._plan(prefixes, k)
-            ]
             started = time.perf_counter()
-            ceiling(model, engine, prefixes, k, decode_steps)
+            ceiling(model, engine, prefixes, k, batches)
             ceiling_s = min(ceiling_s, time.perf_counter() - started)
         engine_tokens = sum(len(c.token_ids) for group in results for c in group)
 

@@ -255,6 +255,34 @@ def test_decoding_stops_when_every_row_has_finished(
     assert forward_shapes == [(1, 3)] + [(4, 1)] * k  # the prefix, then tokens 1..k; none after the eos
 
 
+def test_finished_rows_are_dropped_without_changing_the_results(
+    model: LlamaForCausalLM, forward_shapes: list[tuple[int, ...]]
+) -> None:
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    budgets = [1, 2, 12, 12]  # 8 rows: 2 finish after one token, 2 more after two
+    alone = [engine(model).generate([p], 2, greedy, budgets=[b])[0] for p, b in zip(PREFIXES, budgets)]
+    forward_shapes.clear()
+    together = engine(model).generate(PREFIXES, 2, greedy, budgets=budgets)
+    decode_rows = [shape[0] for shape in forward_shapes if shape[1] == 1]
+    assert decode_rows[0] <= 6 and decode_rows == sorted(decode_rows, reverse=True)  # finished rows were dropped
+    for alone_samples, together_samples in zip(alone, together):
+        for a, b in zip(alone_samples, together_samples):
+            assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+    temperature = 0.7  # sampled rows keep their own cache rows through the drops: log-probs of a full forward
+    sampled = engine(model).generate(PREFIXES, 2, SamplingParams(temperature, max_new_tokens=12), seeded(3), None,
+                                     budgets)
+    for prefix, samples, budget in zip(PREFIXES, sampled, budgets):
+        for completion in samples:
+            assert len(completion.token_ids) <= budget
+            sequence = torch.tensor([prefix + completion.token_ids])
+            with torch.no_grad():
+                logits = model(input_ids=sequence).logits[0, len(prefix) - 1 : -1]
+            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
+            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+
+
 class CharTokenizer:
     """Token i decodes to the i-th letter; enough for the engine's stop strings."""
 
@@ -284,17 +312,24 @@ def test_a_stop_string_ends_a_completion_like_eos(model: LlamaForCausalLM) -> No
         engine(model).generate(PREFIXES[:1], 1, SamplingParams(0.0, 1.0, 4, stop=("x",)))
 
 
-@pytest.mark.parametrize("sharpness", [0.1, 3.0, 8.0])  # flat (falls back to the full sort) to peaked
-def test_top_p_over_the_top_candidates_equals_the_full_sort(sharpness: float) -> None:
-    from vineppo.engine.hf import _top_p_filter
+@pytest.mark.parametrize("sharpness", [0.1, 3.0, 8.0])  # flat (drawn over the whole vocabulary) to peaked
+def test_top_p_draws_follow_the_nucleus_distribution(sharpness: float) -> None:
+    """Whether the draw is made among the top candidates (peaked rows) or over the whole vocabulary (flat ones),
+    every token of the nucleus, and none outside it, comes up with its renormalised probability."""
+    from vineppo.engine.hf import _sample_top_p
 
-    g = torch.Generator().manual_seed(0)
-    probs = torch.softmax(sharpness * torch.randn(6, 1000, generator=g), dim=-1)
-    for top_p in (0.5, 0.9, 0.99):
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p
-        expected = torch.zeros_like(probs).scatter_(-1, order, sorted_probs * keep)
-        assert torch.equal(_top_p_filter(probs, top_p), expected)
+    scaled = sharpness * torch.randn(1, 1000, generator=torch.Generator().manual_seed(0))
+    draws = 20000
+    rows = scaled.expand(draws, -1)
+    for top_p in (0.5, 0.9):
+        sorted_probs, order = torch.softmax(scaled[0], -1).sort(descending=True)
+        keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p  # the reference: a sort of the whole vocabulary
+        expected = torch.zeros(1000).scatter_(-1, order, sorted_probs * keep)
+        expected /= expected.sum()
+        tokens = _sample_top_p(rows, torch.logsumexp(rows, -1, keepdim=True), top_p, seeded(1))
+        frequency = torch.bincount(tokens, minlength=1000).float() / draws
+        assert (frequency[expected == 0] == 0).all()
+        assert ((frequency - expected).abs() <= 5 * (expected * (1 - expected) / draws).sqrt() + 1e-4).all()
 
 
 def test_a_cache_grown_in_place_gives_the_same_logits_as_one_grown_by_concatenation(model: LlamaForCausalLM) -> None:

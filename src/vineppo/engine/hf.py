@@ -165,15 +165,16 @@ class HFEngine:
         rows, max_new = logits.shape[0], max(budgets)
         grow_in_place(cache, width + max_new)
         temperature = 1.0 if params.greedy else params.temperature
-        # Finished rows keep decoding with the others (cheaper than compacting the batch every step), but their
-        # `lengths` entry is frozen at their eos or budget, so whatever they produce afterwards is cut off.
+        # Finished rows keep decoding with the others, their `lengths` entry frozen at their eos or budget so that
+        # whatever they produce afterwards is cut off, until a quarter of the batch has finished: then the batch
+        # (cache, mask, positions) is cut down to the rows still going. `active` maps batch rows to result rows.
         tokens = torch.zeros((rows, max_new), dtype=torch.long, device=device)
         logprobs = torch.zeros((rows, max_new), device=device)
         limits = torch.tensor(budgets, dtype=torch.long, device=device).repeat_interleave(repeats)
         lengths = limits.clone()
         at_eos = torch.zeros(rows, dtype=torch.bool, device=device)
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        ones = torch.ones((rows, 1), dtype=attention_mask.dtype, device=device)
+        active = torch.arange(rows, device=device)
+        done = torch.zeros(rows, dtype=torch.bool, device=device)  # per batch row
         steps = 0
         stop_texts = None
         if params.stop:
@@ -181,23 +182,30 @@ class HFEngine:
                 raise ValueError("stop strings need the engine's tokenizer (HFEngine(model, tokenizer, ...))")
             stop_texts = StopStrings(params.stop, self.token_texts, rows, device)
         for t in range(max_new):
-            log_probs = torch.log_softmax(logits / temperature, dim=-1)
+            scaled = logits / temperature
+            log_norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
             if params.greedy:
-                next_tokens = log_probs.argmax(dim=-1)
+                next_tokens = scaled.argmax(dim=-1)
             else:
-                probs = _top_p_filter(log_probs.exp(), params.top_p)
-                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            tokens[:, t] = next_tokens
-            logprobs[:, t] = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
+                next_tokens = _sample_top_p(scaled, log_norm, params.top_p, generator)
+            tokens[active, t] = next_tokens
+            logprobs[active, t] = (scaled.gather(1, next_tokens[:, None]) - log_norm).squeeze(1)
             stopped = ~done & (next_tokens == self.eos_token_id)
             if stop_texts is not None:
-                stopped |= ~done & stop_texts.append(next_tokens.tolist())
-            lengths = torch.where(stopped, t + 1, lengths)
-            at_eos |= stopped
-            done |= stopped | (limits <= t + 1)
+                stopped |= ~done & stop_texts.append(active.tolist(), next_tokens.tolist())
+            lengths[active] = torch.where(stopped, t + 1, lengths[active])
+            at_eos[active] |= stopped
+            done |= stopped | (limits[active] <= t + 1)
             steps = t + 1
-            if t == max_new - 1 or bool(done.all()):
+            finished = int(done.sum())
+            if t == max_new - 1 or finished == len(done):
                 break
+            if 4 * finished >= len(done):
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                attention_mask, position_ids, next_tokens = attention_mask[keep], position_ids[keep], next_tokens[keep]
+                active, done = active[keep], done[keep]
+            ones = torch.ones((len(active), 1), dtype=attention_mask.dtype, device=device)
             attention_mask = torch.cat([attention_mask, ones], dim=1)
             position_ids = position_ids + 1
             logits = self.model(
@@ -233,6 +241,7 @@ class _InPlaceLayer:
         self.values[..., : self.length, :] = layer.values
         layer.keys, layer.values = self.keys[..., : self.length, :], self.values[..., : self.length, :]
         layer.update = self.update
+        layer.batch_select_indices = self.batch_select_indices
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         end = self.length + key_states.shape[-2]
@@ -241,6 +250,11 @@ class _InPlaceLayer:
         self.length = end
         self.layer.keys, self.layer.values = self.keys[..., :end, :], self.values[..., :end, :]
         return self.layer.keys, self.layer.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows `indices` (rows that finished decoding are dropped)."""
+        self.keys, self.values = self.keys[indices], self.values[indices]
+        self.layer.keys, self.layer.values = self.keys[..., : self.length, :], self.values[..., : self.length, :]
 
 
 def grow_in_place(cache: DynamicCache, capacity: int) -> None:
@@ -260,10 +274,10 @@ class StopStrings:
         self.keep = max(len(stop) for stop in self.stops)
         self.tails = [""] * rows
 
-    def append(self, tokens: list[int]) -> torch.Tensor:
-        """Add one token per row; True for the rows whose text now holds a stop string."""
+    def append(self, rows: list[int], tokens: list[int]) -> torch.Tensor:
+        """Add one token to each of `rows`; True for the rows whose text now holds a stop string."""
         hit = []
-        for row, text in enumerate(self.token_texts(tokens)):
+        for row, text in zip(rows, self.token_texts(tokens)):
             tail = self.tails[row] + text
             hit.append(any(stop in tail for stop in self.stops))
             self.tails[row] = tail[-self.keep :]
@@ -289,6 +303,27 @@ def resolve_budgets(
 NUCLEUS_CANDIDATES = 256
 
 
+def _sample_top_p(
+    scaled: torch.Tensor, log_norm: torch.Tensor, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row drawn from softmax(scaled) (`log_norm`: the rows' logsumexp) cut to its top-p nucleus.
+
+    The nucleus usually lies among a few hundred tokens: when the top candidates already hold top_p of the mass in
+    every row, the draw is made among them alone, which is the same distribution as over the whole vocabulary (49k
+    for SmolLM2) without a full-vocabulary exp, scatter and multinomial per decoded token.
+    """
+    candidates = min(scaled.shape[-1], NUCLEUS_CANDIDATES)
+    if top_p < 1.0 and candidates < scaled.shape[-1]:
+        top_scaled, top_idx = scaled.topk(candidates, dim=-1)
+        top_probs = (top_scaled - log_norm).exp()
+        if bool((top_probs.sum(-1) >= top_p).all()):
+            mass_before = top_probs.cumsum(dim=-1) - top_probs
+            choice = torch.multinomial(top_probs.masked_fill(mass_before >= top_p, 0.0), 1, generator=generator)
+            return top_idx.gather(1, choice).squeeze(1)
+    probs = _top_p_filter((scaled - log_norm).exp(), top_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Zero the tokens outside the nucleus: the smallest set, by descending probability, whose mass reaches top_p.
 
@@ -297,12 +332,7 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """
     if top_p >= 1.0:
         return probs
-    # The nucleus usually lies among a few hundred tokens: when the top candidates already hold top_p of the mass in
-    # every row, sorting them alone gives the same nucleus as sorting the whole vocabulary (49k for SmolLM2).
-    candidates = min(probs.shape[-1], NUCLEUS_CANDIDATES)
-    sorted_probs, sorted_idx = probs.topk(candidates, dim=-1)
-    if candidates < probs.shape[-1] and bool((sorted_probs.sum(-1) < top_p * probs.sum(-1)).any()):
-        sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+    sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
     sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
     return torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
