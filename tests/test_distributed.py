@@ -102,10 +102,38 @@ def test_sharded_training_checkpoints_and_resumes(tmp_path, tmp_path_factory, sf
     assert len(lines) == 4  # iterations 0-3, written once (by rank 0)
 
 
-@pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("multi_cpu", "MULTI_CPU")])
+@pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("multi_cpu", "MULTI_GPU")])
 def test_the_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
     path = Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"
     config = load_config_from_file(str(path))
     assert str(config.distributed_type).endswith(kind) and config.num_machines == 1
+
+
+def test_batch_sizes_that_do_not_split_over_the_processes_stop_before_any_work(tmp_path, monkeypatch, capsys):
+    from tiny import TINY
+
+    from vineppo import distributed
+    from vineppo.cli import main
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under a launcher with 2 processes
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "train.micro_batch_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert "train.mini_batch_size (4) must be divisible by the number of processes (2) x train.micro_batch_size (4)" in err
+    assert not (run / "metrics.jsonl").exists()  # nothing was trained or evaluated
+
+
+@pytest.mark.slow
+def test_the_multi_cpu_config_starts_two_processes(tmp_path):
+    """accelerate's MULTI_CPU type would start one process here; the shipped config must start two."""
+    show = tmp_path / "show.py"
+    show.write_text("import os\nprint('rank', os.environ.get('RANK'), 'of', os.environ.get('WORLD_SIZE'))\n")
+    config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), str(show)],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == ["rank 0 of 2", "rank 1 of 2"]

@@ -137,6 +137,10 @@ class Trainer:
                 f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be divisible by the number "
                 f"of processes ({world})"
             )
+        try:  # checked here, before the SFT warm start and the first evaluation, not at the first update
+            micro_batches_per_step(cfg.train)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
         with distributed.main_process_first():  # rank 0 fills the SFT / GGUF cache, the others reuse it
             init_path = initial_model_path(cfg, self.console)
