@@ -49,6 +49,34 @@ class Completion:
     finish_reason: Literal["stop", "length"]
 
 
+def checked_budgets(
+    prefixes: Sequence[Sequence[int]], n: int, params: SamplingParams, budgets: Sequence[int] | None,
+    context: int | None, context_name: str,
+) -> list[int]:
+    """Validate an `Engine.generate` call and return each prefix's cap on new tokens: `budgets` if given (each in
+    1..max_new_tokens), else max_new_tokens. A prefix that, with its budget, would run past `context` (the
+    engine's longest sequence, called `context_name` in the message; None: unknown) raises ContextLengthError."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if params.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if budgets is None:
+        budgets = [params.max_new_tokens] * len(prefixes)
+    elif len(budgets) != len(prefixes):
+        raise ValueError(f"got {len(budgets)} budgets for {len(prefixes)} prefixes")
+    for prefix, budget in zip(prefixes, budgets):
+        if not 1 <= budget <= params.max_new_tokens:
+            raise ValueError(f"a budget of {budget} new tokens is outside 1..max_new_tokens={params.max_new_tokens}")
+        if not prefix:
+            raise ValueError("cannot continue an empty prefix: it needs at least one token (e.g. BOS)")
+        if context is not None and len(prefix) + budget > context:
+            raise ContextLengthError(
+                f"prefix of {len(prefix)} tokens + max_new_tokens={budget} = {len(prefix) + budget} exceeds "
+                f"{context_name}={context} (lower engine.max_new_tokens or shorten the prompts)"
+            )
+    return list(budgets)
+
+
 ProgressCallback = Callable[[int], None]
 """Called with the number of prefixes just finished, so callers can advance a progress bar."""
 

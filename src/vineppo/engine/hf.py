@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from vineppo.engine.base import Completion, ContextLengthError, ProgressCallback, SamplingParams
+from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets
 from vineppo.steps import TokenTexts
 
 
@@ -64,17 +64,6 @@ class HFEngine:
         """The longest prefix + completion the model's positions allow (None if the config does not say)."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
-    def check_context(self, prefix_len: int, max_new_tokens: int) -> None:
-        """Raise a ValueError naming the lengths if prefix + completion would run past the model's positions."""
-        if prefix_len == 0:
-            raise ValueError("cannot continue an empty prefix: it needs at least one token (e.g. BOS)")
-        limit = self.max_context
-        if limit is not None and prefix_len + max_new_tokens > limit:
-            raise ContextLengthError(
-                f"prefix of {prefix_len} tokens + max_new_tokens={max_new_tokens} = {prefix_len + max_new_tokens} "
-                f"exceeds the model's max_position_embeddings={limit} (lower engine.max_new_tokens or shorten the prompts)"
-            )
-
     def generate(
         self,
         prefixes: Sequence[Sequence[int]],
@@ -88,12 +77,9 @@ class HFEngine:
 
         `generator` must live on the model's device (torch.multinomial requires it).
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        budgets = resolve_budgets(prefixes, params, budgets)
-        for prefix, budget in zip(prefixes, budgets):
-            self.check_context(len(prefix), budget)
-
+        budgets = checked_budgets(
+            prefixes, n, params, budgets, self.max_context, "the model's max_position_embeddings"
+        )
         results: list[list[Completion]] = [[] for _ in prefixes]
         was_training = self.model.training
         self.model.eval()
@@ -284,20 +270,6 @@ class StopStrings:
         return torch.tensor(hit, dtype=torch.bool, device=self.device)
 
 
-def resolve_budgets(
-    prefixes: Sequence[Sequence[int]], params: SamplingParams, budgets: Sequence[int] | None
-) -> list[int]:
-    """Per-prefix caps on new tokens: `budgets` if given (each in 1..max_new_tokens), else max_new_tokens."""
-    if params.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
-    if budgets is None:
-        return [params.max_new_tokens] * len(prefixes)
-    if len(budgets) != len(prefixes):
-        raise ValueError(f"got {len(budgets)} budgets for {len(prefixes)} prefixes")
-    for budget in budgets:
-        if not 1 <= budget <= params.max_new_tokens:
-            raise ValueError(f"a budget of {budget} new tokens is outside 1..max_new_tokens={params.max_new_tokens}")
-    return list(budgets)
 
 
 NUCLEUS_CANDIDATES = 256

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from vineppo.engine.base import Completion, ContextLengthError, ProgressCallback, SamplingParams
-from vineppo.engine.hf import resolve_budgets
+from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets
 
 
 class VLLMMissingError(ImportError):
@@ -92,15 +91,7 @@ class VLLMEngine:
     ) -> list[list[Completion]]:
         """Sample `n` continuations of every prefix (see `vineppo.engine.base.Engine`). vLLM draws its own random
         numbers: `generator` only seeds the requests (request i gets seed s + i, its j-th sample s + i + j)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        budgets = resolve_budgets(prefixes, params, budgets)
-        for prefix, budget in zip(prefixes, budgets):
-            if len(prefix) + budget > self.max_context:
-                raise ContextLengthError(
-                    f"prefix of {len(prefix)} tokens + max_new_tokens={budget} exceeds vLLM's max_model_len="
-                    f"{self.max_context} (lower engine.max_new_tokens or shorten the prompts)"
-                )
+        budgets = checked_budgets(prefixes, n, params, budgets, self.max_context, "vLLM's max_model_len")
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
         requests = [{"prompt_token_ids": list(prefix)} for prefix in prefixes]
         sampling = [self.sampling_params(n, params, budget, None if seed is None else seed + i * n)
