@@ -140,8 +140,9 @@ def test_cap_on_value_steps_merges_the_tail():
 
 
 def test_a_response_cut_off_at_the_length_limit_earns_nothing():
-    from vineppo.episodes import grade_response
+    from vineppo.episodes import grade_responses
 
     full = "H\nH\nT\n"
-    assert grade_response(CoinTask(), PROBLEM, full, "stop").reward == 1.0
-    assert grade_response(CoinTask(), PROBLEM, full, "length").reward == 0.0
+    stopped, cut_off = grade_responses(CoinTask(), [PROBLEM, PROBLEM], [full, full], ["stop", "length"])
+    assert stopped.reward == 1.0
+    assert cut_off.reward == 0.0

@@ -41,17 +41,12 @@ def group_by_prompt(episodes: list[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
-def grade_response(task: Task, problem: Problem, text: str, finish_reason: str) -> Grade:
-    """The task's grade, except that a response cut off at the length limit earns 0 (the paper's unfinished
-    penalty, PAPER-NOTES 2.9). Used for policy rollouts and MC rollouts alike."""
-    return grade_responses(task, [problem], [text], [finish_reason])[0]
-
-
 def grade_responses(
     task: Task, problems: list[Problem], texts: list[str], finish_reasons: list[str]
 ) -> list[Grade]:
-    """`grade_response` for many responses in one call of the task's `grade_batch` (which keeps the GSM8K and
-    MATH graders' worker processes busy)."""
+    """The task's grades, in one call of its `grade_batch` (which keeps the GSM8K and MATH graders' worker
+    processes busy), except that a response cut off at the length limit earns 0 (the paper's unfinished penalty,
+    PAPER-NOTES 2.9). Used for policy rollouts, MC rollouts and evaluation alike."""
     grades = task.grade_batch(problems, texts)
     return [Grade(0.0, g.parsed) if reason == "length" else g for g, reason in zip(grades, finish_reasons)]
 
