@@ -137,10 +137,7 @@ class Trainer:
                 f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be divisible by the number "
                 f"of processes ({world})"
             )
-        try:  # checked here, before the SFT warm start and the first evaluation, not at the first update
-            micro_batches_per_step(cfg.train)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        micro_batches_per_step(cfg.train)  # checked here, before the SFT warm start, not at the first update
 
         with distributed.main_process_first():  # rank 0 fills the SFT / GGUF cache, the others reuse it
             init_path = initial_model_path(cfg, self.console)
@@ -187,7 +184,7 @@ class Trainer:
             self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
 
         if self.is_main:
-            models = [self.policy] + ([self.critic.model] if self.critic else [])
+            models = [m for m in (self.policy, self.value_model) if m is not None]
             check_free_space(self.run_dir, checkpoint_bytes(*models), cfg.logging.keep_checkpoints)
 
         self.start_iteration = 0
@@ -237,11 +234,10 @@ class Trainer:
             self.bars = bars
             advance_run = bars.overall("iterations", tc.iterations, completed=self.start_iteration)
             if self.start_iteration == 0:
-                with sharding.gathered(self.policy):  # rank 0 alone evaluates
-                    if self.is_main:
-                        metrics = self.evaluate()
-                        self.log.log(0, metrics)
-                        self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
+                metrics = self.evaluate()
+                if self.is_main:
+                    self.log.log(0, metrics)
+                    self.console.print(f"iteration 0: greedy test accuracy {metrics['eval/accuracy']:.1%}")
             for iteration in range(self.start_iteration, tc.iterations):
                 done = iteration + 1
                 try:
@@ -252,9 +248,7 @@ class Trainer:
                         f"{self.run_dir / 'checkpoints'})"
                     ) from exc
                 if done % tc.eval_every == 0 or done == tc.iterations:
-                    with sharding.gathered(self.policy):
-                        if self.is_main:
-                            metrics.update(self.evaluate())
+                    metrics.update(self.evaluate())
                 if self.is_main:
                     self.log.log(done, metrics)
                     self.report(done, metrics)
@@ -268,10 +262,15 @@ class Trainer:
         initial = next((r["eval/accuracy"] for r in self.log.records if r["iteration"] == 0), float("nan"))
         return Summary(initial, self.last_accuracy, tc.iterations)
 
+    @property
+    def value_model(self):
+        """PPO's value network; None for every other method."""
+        return self.critic.model if self.critic else None
+
     def save(self, done: int) -> None:
         """Checkpoint the state after `done` iterations (atomically; vineppo.checkpoint). Every rank calls it:
         sharded weights and optimizer states are gathered on rank 0, which writes."""
-        value_model = self.critic.model if self.critic else None
+        value_model = self.value_model
         weights = [sharding.full_weights(m) if m is not None else None for m in (self.policy, value_model)]
         optimizer_state = sharding.optimizer_state(self.policy, self.optimizer)
         extra_state = self.critic.state_dict() if self.critic else None
@@ -290,8 +289,7 @@ class Trainer:
 
         problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
         problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
-        value_model = self.critic.model if self.critic else None
-        with sharding.gathered(self.policy, value_model):  # the ranks generate unequal amounts
+        with sharding.gathered(self.policy, self.value_model):  # the ranks generate unequal amounts
             with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
                 episodes = self.sample(problems, generator, bar.advance)
             with self.timed("credit", timings):
@@ -422,12 +420,17 @@ class Trainer:
         ]
 
     def evaluate(self) -> dict[str, float]:
-        started = time.perf_counter()
-        with self.bars.phase("eval (greedy)", len(self.test_set)) as bar:
-            metrics = evaluate_greedy(
-                self.engine, self.encode, self.decode, self.task, self.test_set, self.cfg.engine.max_new_tokens,
-                on_progress=bar.advance,
-            )
+        """Greedy test metrics. Every rank calls it (sharded weights are gathered for it); rank 0 alone evaluates,
+        the others get {}."""
+        with sharding.gathered(self.policy):
+            if not self.is_main:
+                return {}
+            started = time.perf_counter()
+            with self.bars.phase("eval (greedy)", len(self.test_set)) as bar:
+                metrics = evaluate_greedy(
+                    self.engine, self.encode, self.decode, self.task, self.test_set, self.cfg.engine.max_new_tokens,
+                    on_progress=bar.advance,
+                )
         metrics["time/eval"] = time.perf_counter() - started
         self.last_accuracy = metrics["eval/accuracy"]
         return metrics

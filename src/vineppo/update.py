@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils import clip_grad_norm_
 
 from vineppo import distributed, sharding
-from vineppo.config import AlgoConfig, TrainConfig
+from vineppo.config import AlgoConfig, ConfigError, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import (
     MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
@@ -93,10 +93,11 @@ A micro-batch is any object with a `tokens: TokenBatch`."""
 
 
 def micro_batches_per_step(train: TrainConfig) -> int:
-    """Micro-batches of this process in one mini-batch: the mini-batch is split over the ranks first."""
+    """Micro-batches of this process in one mini-batch: the mini-batch is split over the ranks first. A ConfigError
+    when the sizes do not split evenly."""
     world = distributed.world_size()
     if train.mini_batch_size % (world * train.micro_batch_size):
-        raise ValueError(
+        raise ConfigError(
             f"train.mini_batch_size ({train.mini_batch_size}) must be divisible by the number of processes ({world}) "
             f"x train.micro_batch_size ({train.micro_batch_size})"
         )
