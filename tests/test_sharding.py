@@ -1,5 +1,5 @@
 """What an accelerate FSDP config turns into (vineppo.sharding.settings_from_env), and what it refuses. The sharded
-training itself runs in tests/test_distributed.py (2 CPU processes)."""
+training itself runs in tests/test_distributed.py (2 CPU processes); DeepSpeed configs: tests/test_zero.py."""
 
 import os
 import subprocess
@@ -39,11 +39,6 @@ def test_the_fsdp_settings_are_read_from_the_launchers_environment():
 def test_settings_that_cannot_be_honoured_are_refused_by_name(key, value, named):
     with pytest.raises(ConfigError, match=named):
         settings_from_env({**ZERO3, key: value})
-
-
-def test_deepspeed_is_refused_with_the_fsdp_configs_to_use_instead():
-    with pytest.raises(ConfigError, match="DEEPSPEED is not supported.*fsdp_zero2.yaml or fsdp_zero3.yaml"):
-        settings_from_env({"ACCELERATE_USE_DEEPSPEED": "true"})
 
 
 def test_a_model_without_the_named_block_class_is_refused_before_sharding():

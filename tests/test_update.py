@@ -90,7 +90,7 @@ def test_ratio_starts_at_one_and_gap_to_sampler_is_logged(model):
 
 
 def test_a_non_finite_gradient_stops_before_the_optimizer_step(model):
-    from vineppo.update import NonFiniteError
+    from vineppo.stepping import NonFiniteError
 
     policy = copy.deepcopy(model)
     eps = episodes()

@@ -58,8 +58,9 @@ class DiskSpaceError(OSError):
 
 
 def checkpoint_bytes(*models) -> int:
-    """About the size of one checkpoint: each model's weights plus AdamW's two moments of the same size."""
-    return sum(3 * p.numel() * p.element_size() for model in models for p in model.parameters())
+    """About the size of one checkpoint: each model's weights plus AdamW's two moments of the same size (a weight
+    partitioned by DeepSpeed ZeRO-3 counts in full: `ds_numel`)."""
+    return sum(3 * getattr(p, "ds_numel", p.numel()) * p.element_size() for model in models for p in model.parameters())
 
 
 def check_free_space(run_dir: Path, per_checkpoint: int, keep: int) -> None:

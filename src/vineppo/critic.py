@@ -109,8 +109,8 @@ class Critic:
         """`train.epochs` passes of the clipped value loss over the batches of the last `assign_credit`."""
         clip_range = self.algo.value_clip_range
 
-        def micro_loss(b: ValueBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            values = predict_values(self.model, b.tokens)
+        def micro_loss(trained, b: ValueBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            values = predict_values(trained, b.tokens)
             loss = clipped_value_loss(
                 values, b.old_values, b.returns, b.tokens.response_mask, totals.tokens, clip_range
             )

@@ -72,8 +72,8 @@ def dpo_plus_update(
 ) -> dict[str, float]:
     """`train.epochs` passes of DPO+ mini-batch steps over the prepared pairs."""
 
-    def micro_loss(b: PairBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp = sequence_logprobs(policy, b.tokens)
+    def micro_loss(trained, b: PairBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp = sequence_logprobs(trained, b.tokens)
         p = len(logp) // 2
         out = dpo_plus_loss(logp[:p], logp[p:], b.ref_logp[:p], b.ref_logp[p:], algo.dpo_beta, algo.dpo_lambda)
         num_pairs = totals.sequences / 2

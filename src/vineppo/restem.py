@@ -42,8 +42,8 @@ def restem_update(
     """`train.epochs` passes of supervised mini-batch steps on the kept responses. Log-probs at temperature 1
     (the model's own distribution, as SFT uses); the batches must be prepared at temperature 1 too."""
 
-    def micro_loss(b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp = forward_logprobs(policy, b.tokens, 1.0)
+    def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp = forward_logprobs(trained, b.tokens, 1.0)
         weights = token_weights(b.tokens.response_mask, algo.loss_aggregation, totals)
         loss, kl = nll_loss(logp, b.old_logp, b.ref_logp, weights, algo.kl_coef, algo.kl_estimator)
         return loss, {"loss/nll": loss.detach(), "loss/kl": kl}

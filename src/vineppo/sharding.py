@@ -19,18 +19,22 @@ is read from the environment that `accelerate launch` sets (ACCELERATE_USE_FSDP,
 implementation cannot honour are refused by name rather than ignored. accelerate's own FSDP wrapping is not used:
 it needs CUDA, so it could not be tested on CPU processes, and it owns the gradient reduction that
 `vineppo.update` does by itself.
+
+An accelerate DeepSpeed config selects `vineppo.zero` instead; `gathered`, `full_weights` and the optimizer state
+functions here serve models of either kind, so the trainer calls them alike.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
+from vineppo import zero
 from vineppo.config import ConfigError
 
 
@@ -47,14 +51,11 @@ def _flag(env: Mapping[str, str], key: str, default: bool = False) -> bool:
     return env.get(key, str(default)).strip().lower() in {"true", "1", "yes"}
 
 
-def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | None:
-    """The FSDP settings of the accelerate config this process was launched with, or None for plain data
-    parallelism. A ConfigError names the accelerate config key that cannot be honoured."""
+def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zero.ZeroSettings | None:
+    """The FSDP or DeepSpeed ZeRO settings of the accelerate config this process was launched with, or None for
+    plain data parallelism. A ConfigError names the accelerate config key that cannot be honoured."""
     if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
-        raise ConfigError(
-            "accelerate config: distributed_type DEEPSPEED is not supported by vineppo; for ZeRO-2 or ZeRO-3 "
-            "sharding launch with configs/accelerate/fsdp_zero2.yaml or fsdp_zero3.yaml (PyTorch FSDP2)"
-        )
+        return zero.settings_from_env(env)
     if not _flag(env, "ACCELERATE_USE_FSDP"):
         return None
     refused = {
@@ -120,7 +121,8 @@ def shard(model, settings: FSDPSettings) -> None:
 @contextmanager
 def gathered(*models):
     """Full weights on every rank for the block, with no communication inside it (models that are not sharded,
-    or None, are left alone). Entering and leaving are collectives: every rank must do both together."""
+    or None, are left alone; DeepSpeed ones: `zero.gathered`). Entering and leaving are collectives: every rank
+    must do both together."""
     from torch.distributed.fsdp import FSDPModule
 
     sharded = [m for m in models if m is not None and is_sharded(m)]
@@ -129,7 +131,10 @@ def gathered(*models):
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
     try:
-        yield
+        with ExitStack() as stack:
+            for model in models:
+                stack.enter_context(zero.gathered(model))
+            yield
     finally:
         for unit, reshard_after_forward in units:
             unit.reshard()
@@ -153,7 +158,9 @@ def local_value(tensor: torch.Tensor) -> torch.Tensor:
 
 def full_weights(model) -> dict[str, torch.Tensor] | None:
     """A sharded model's full state dict on rank 0's CPU (empty on the others; a collective), or None for a model
-    that is not sharded (it saves itself)."""
+    that holds its full weights (it saves itself)."""
+    if zero.engine_of(model) is not None:
+        return zero.full_weights(model)
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -165,6 +172,8 @@ def optimizer_state(model, optimizer: torch.optim.Optimizer) -> dict:
     """`optimizer.state_dict()`; for a sharded model gathered in full on rank 0 (a collective; the other ranks
     get {}) and keyed by parameter position like an unsharded optimizer's, so checkpoints do not depend on the
     sharding."""
+    if zero.engine_of(model) is not None:
+        return zero.optimizer_state(model, optimizer)
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -180,6 +189,9 @@ def optimizer_state(model, optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(model, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a state of `optimizer_state`'s format into the optimizer of a sharded or unsharded model."""
+    if zero.engine_of(model) is not None:
+        zero.load_optimizer_state(model, optimizer, state)
+        return
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from vineppo import distributed, sharding
+from vineppo import distributed, sharding, zero
 from vineppo.algorithms import PPO_FAMILY
 from vineppo.checkpoint import (
     check_free_space,
@@ -61,7 +61,8 @@ from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
-from vineppo.update import NonFiniteError, micro_batches_per_step, ppo_update, prepare
+from vineppo.stepping import NonFiniteError
+from vineppo.update import micro_batches_per_step, ppo_update, prepare
 
 CONFIG_FILE = "config.yaml"
 
@@ -153,23 +154,24 @@ class Trainer:
         self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
-        # an accelerate FSDP config shards the policy and the value network (vineppo.sharding)
-        self.fsdp = sharding.settings_from_env() if distributed.active() else None
-        checkpointing = mc.gradient_checkpointing or (self.fsdp is not None and self.fsdp.activation_checkpointing)
+        # an accelerate FSDP or DeepSpeed config shards the policy and the value network (vineppo.sharding, .zero)
+        self.sharding = sharding.settings_from_env() if distributed.active() else None
+        if self.sharding and cfg.engine.name == "vllm":
+            raise ConfigError(
+                "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
+            )
+        fsdp_checkpointing = isinstance(self.sharding, sharding.FSDPSettings) and self.sharding.activation_checkpointing
+        checkpointing = mc.gradient_checkpointing or fsdp_checkpointing
         if checkpointing:
             enable_activation_checkpointing(self.policy)
-        if self.fsdp:
-            sharding.shard(self.policy, self.fsdp)
-        if self.fsdp and cfg.engine.name == "vllm":
-            raise ConfigError("engine.name=vllm cannot be combined with an FSDP config (vLLM needs the full weights)")
+        tc = cfg.train
+        self.optimizer, self.scheduler = self.distribute(self.policy, tc.lr)
         rank = distributed.rank() if distributed.active() else None
         self.engine = build_engine(cfg, self.policy, self.tokenizer, policy_path, rank)
         self.sampling = SamplingParams(
             cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, self.task.stop_sequences
         )
 
-        tc = cfg.train
-        self.optimizer, self.scheduler = self.optimizer_and_schedule(self.policy, tc.lr)
         self.critic: Critic | None = None
         if cfg.algo.name == "ppo":
             if resumed and resumed.value_dir is None:
@@ -178,10 +180,8 @@ class Trainer:
             value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code)
             if checkpointing:
                 enable_activation_checkpointing(value_model)
-            if self.fsdp:
-                sharding.shard(value_model, self.fsdp)
             value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
-            self.critic = Critic(value_model, *self.optimizer_and_schedule(value_model, value_lr), cfg.algo, tc)
+            self.critic = Critic(value_model, *self.distribute(value_model, value_lr), cfg.algo, tc)
 
         if self.is_main:
             models = [m for m in (self.policy, self.value_model) if m is not None]
@@ -209,13 +209,18 @@ class Trainer:
             self.last_accuracy = self.log.last("eval/accuracy")
             (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
-    def optimizer_and_schedule(self, model, lr: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-        """AdamW and the warmup-decay schedule over the run's optimizer steps (the policy's and the value
-        network's alike, PAPER-NOTES 2.5)."""
+    def distribute(self, model, lr: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+        """Shard `model` as the launcher's accelerate config says (FSDP2 before its optimizer exists, DeepSpeed
+        ZeRO around it; nothing without such a config), with AdamW and the warmup-decay schedule over the run's
+        optimizer steps (the policy's and the value network's alike, PAPER-NOTES 2.5)."""
         tc = self.cfg.train
+        if isinstance(self.sharding, sharding.FSDPSettings):
+            sharding.shard(model, self.sharding)
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
         )
+        if isinstance(self.sharding, zero.ZeroSettings):
+            zero.initialize(model, optimizer, self.sharding, tc, micro_batches_per_step(tc))
         total_steps = tc.iterations * self.steps_per_iteration
         return optimizer, linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
 

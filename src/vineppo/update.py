@@ -12,18 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.nn.utils import clip_grad_norm_
 
-from vineppo import distributed, sharding
+from vineppo import distributed, stepping
 from vineppo.config import AlgoConfig, ConfigError, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import (
     MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
-
-
-class NonFiniteError(ArithmeticError):
-    """NaN or inf in a quantity of the update; the message names it."""
+from vineppo.stepping import NonFiniteError
 
 
 @dataclass
@@ -87,9 +83,10 @@ def _whiten_across(batches: list[PreparedBatch]) -> None:
         offset += n
 
 
-MicroLoss = Callable[[Any, MiniBatchTotals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""(micro-batch, its mini-batch's totals) -> (loss to backpropagate, detached statistics summed over the step).
-A micro-batch is any object with a `tokens: TokenBatch`."""
+MicroLoss = Callable[[Any, Any, MiniBatchTotals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(model to run the forward through, micro-batch, its mini-batch's totals) -> (loss to backpropagate, detached
+statistics summed over the step). The model is the trained one or the DeepSpeed engine around it. A micro-batch
+is any object with a `tokens: TokenBatch`."""
 
 
 def micro_batches_per_step(train: TrainConfig) -> int:
@@ -115,13 +112,14 @@ def minibatch_steps(
     ranks, gives exactly the mini-batch's mean. Shared by every update (policy, value network, RestEM, DPO+), so
     that with generators seeded alike they visit the same mini-batches. Every rank takes as many steps as the
     rank with the most micro-batches (RestEM and DPO+ keep different numbers of samples on each rank); a rank out
-    of micro-batches contributes zero gradients (with a sharded model, by backward passes of a zero loss).
+    of micro-batches contributes zero gradients (`vineppo.stepping`: with a sharded model, by backward passes of a
+    zero loss).
     Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last
     `lr`.
     """
     per_step = micro_batches_per_step(train)
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(batches) / per_step))
-    sharded = sharding.is_sharded(model)
+    gradients = stepping.for_model(model, optimizer, train.max_grad_norm)
     sums: dict[str, float] = {}
     steps = 0
     model.train()
@@ -132,26 +130,22 @@ def minibatch_steps(
             local = [sum(b.tokens.response_mask.sum().item() for b in group), sum(len(b.tokens.input_ids) for b in group)]
             tokens, sequences = distributed.sum_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
             totals = MiniBatchTotals(tokens=tokens, sequences=sequences)
-            optimizer.zero_grad(set_to_none=True)
+            gradients.start()
             step_stats: dict[str, float] = {}
             for b in group:
-                loss, stats = micro_loss(b, totals)
-                loss.backward()
+                loss, stats = micro_loss(gradients.trained, b, totals)
+                gradients.backward(loss)
                 for name, value in stats.items():
                     step_stats[name] = step_stats.get(name, 0.0) + float(value)
-            if sharded:  # FSDP sums the gradients in each backward: every rank must run as many backwards
-                for _ in range(per_step - len(group)):
-                    sharding.zero_loss(model).backward()
-            else:
-                distributed.sum_gradients(model)
+            gradients.pad(per_step - len(group))
             step_stats = distributed.sum_dicts(step_stats)  # each rank's are its share of the mini-batch's
-            grad_norm = sharding.local_value(clip_grad_norm_(model.parameters(), train.max_grad_norm))
-            if not torch.isfinite(grad_norm):  # stop before the step poisons the weights
+            try:
+                grad_norm = gradients.step()
+            except NonFiniteError as exc:  # raised before the step could poison the weights
                 losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))
-                raise NonFiniteError(f"the gradient norm is {float(grad_norm)} ({losses})")
-            optimizer.step()
+                raise NonFiniteError(f"{exc} ({losses})") from None
             scheduler.step()
-            step_stats["grad_norm"] = float(grad_norm)
+            step_stats["grad_norm"] = grad_norm
             for name, value in step_stats.items():
                 sums[name] = sums.get(name, 0.0) + value
             steps += 1
@@ -168,8 +162,8 @@ def ppo_update(
 ) -> dict[str, float]:
     """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches."""
 
-    def micro_loss(b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp, entropy = forward_logprobs(policy, b.tokens, temperature, with_entropy=True)
+    def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp, entropy = forward_logprobs(trained, b.tokens, temperature, with_entropy=True)
         weights = token_weights(b.tokens.response_mask, algo.loss_aggregation, totals)
         out = ppo_policy_loss(
             logp, b.old_logp, b.ref_logp, b.tokens.advantages, weights, algo.clip_range, algo.kl_coef,
