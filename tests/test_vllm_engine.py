@@ -86,6 +86,19 @@ def test_sync_weights_loads_the_policys_weights_in_place_and_drops_the_prefix_ca
     assert llm.prefix_cache_resets == 1
 
 
+def test_evaluation_with_vllm_does_not_load_the_model_a_second_time(sft_model, with_fake_vllm, monkeypatch, tmp_path):
+    import vineppo.cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("vineppo eval loaded the HF model beside vLLM")
+
+    monkeypatch.setattr(vineppo.cli, "load_model", refuse)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", sft_model, *TINY, "engine.name=vllm", "--samples", "2", "--output", str(out)]) == 0
+    assert with_fake_vllm.LLM.built[-1].model is not None  # vLLM (the fake) loaded the weights itself
+    assert "eval/pass@2" in out.read_text()
+
+
 def test_training_with_the_vllm_engine_syncs_after_every_update(tmp_path, sft_cache, with_fake_vllm):
     from safetensors.torch import load_file
 

@@ -199,7 +199,9 @@ def _evaluate(
     (top-p engine.top_p); returns the metrics and the per-problem sampled results."""
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     task = build_task(cfg.task, chat_template_of(tokenizer))
-    model = load_model(model_path, cfg.model.dtype, resolve_device(cfg.model.device), cfg.model.trust_remote_code)
+    device = resolve_device(cfg.model.device)
+    # vLLM loads the weights itself; a second copy in PyTorch would only take GPU memory
+    model = None if cfg.engine.name == "vllm" else load_model(model_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
     engine = build_engine(cfg, model, tokenizer, model_path)
     problems = task.test_problems()
 
@@ -213,7 +215,7 @@ def _evaluate(
             )
         if samples:
             params = SamplingParams(temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, task.stop_sequences)
-            generator = torch.Generator(device=model.device).manual_seed(seed)
+            generator = torch.Generator(device=device).manual_seed(seed)
             with bars.phase(f"eval ({samples} samples, T = {temperature})", len(problems)) as bar:
                 results = evaluate_sampled(
                     engine, encode, decode, task, problems, samples, params, generator, on_progress=bar.advance

@@ -86,15 +86,15 @@ def evaluate_sampled(
 ) -> list[SampledResult]:
     """k responses per problem sampled with `params`, graded; answers normalised by removing whitespace."""
     completions = engine.generate([encode(p.prompt) for p in problems], k, params, generator, on_progress)
-    results = []
-    for problem, samples in zip(problems, completions):
-        texts = [decode(c.token_ids) for c in samples]
-        grades = grade_responses(task, [problem] * len(samples), texts, [c.finish_reason for c in samples])
-        rewards = [g.reward for g in grades]
-        answers = [task.extract_answer(t) for t in texts]
-        answers = [None if a is None else "".join(a.split()) for a in answers]
-        results.append(SampledResult(problem.id, rewards, answers))
-    return results
+    flat = [(problem, c) for problem, samples in zip(problems, completions) for c in samples]
+    texts = [decode(c.token_ids) for _, c in flat]
+    grades = grade_responses(task, [p for p, _ in flat], texts, [c.finish_reason for _, c in flat])  # one batch
+    answers = [task.extract_answer(t) for t in texts]
+    answers = [None if a is None else "".join(a.split()) for a in answers]
+    return [
+        SampledResult(problem.id, [g.reward for g in grades[i * k : (i + 1) * k]], answers[i * k : (i + 1) * k])
+        for i, problem in enumerate(problems)
+    ]
 
 
 def sampled_metrics(problems: list[Problem], results: list[SampledResult], k: int) -> dict[str, float]:

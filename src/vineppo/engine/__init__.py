@@ -4,8 +4,9 @@ from vineppo.engine.base import Completion, Engine, SamplingParams
 
 
 def build_engine(cfg, model, tokenizer, model_path: str, rank: int | None = None) -> Engine:
-    """The engine `cfg.engine.name` names, sampling from `model` (whose weights were loaded from `model_path`).
-    `rank`: the process's rank in a multi-process run, None alone."""
+    """The engine `cfg.engine.name` names, sampling from `model` (whose weights were loaded from `model_path`;
+    None for vLLM when no weights will be synced, as in evaluation). `rank`: the process's rank in a
+    multi-process run, None alone."""
     if cfg.engine.name == "vllm":
         from vineppo.engine.vllm import VLLMEngine  # vLLM is imported only when asked for
 

@@ -49,7 +49,7 @@ class VLLMEngine:
     """
 
     def __init__(
-        self, model_path: str, policy: torch.nn.Module, tokenizer, *, dtype: str, gpu_memory_utilization: float,
+        self, model_path: str, policy: torch.nn.Module | None, tokenizer, *, dtype: str, gpu_memory_utilization: float,
         seed: int = 0, rank: int | None = None, trust_remote_code: bool = False,
     ) -> None:
         vllm = import_vllm()
@@ -92,7 +92,9 @@ class VLLMEngine:
         """Sample `n` continuations of every prefix (see `vineppo.engine.base.Engine`). vLLM draws its own random
         numbers: `generator` only seeds the requests (request i gets seed s + i, its j-th sample s + i + j)."""
         budgets = checked_budgets(prefixes, n, params, budgets, self.max_context, "vLLM's max_model_len")
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) if generator is not None else None
+        seed = None
+        if generator is not None:  # the trainer's generator lives on the policy's device
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         requests = [{"prompt_token_ids": list(prefix)} for prefix in prefixes]
         sampling = [self.sampling_params(n, params, budget, None if seed is None else seed + i * n)
                     for i, budget in enumerate(budgets)]
