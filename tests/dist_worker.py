@@ -6,7 +6,9 @@ MODE "update": one PPO update over a fixed global batch, split over the ranks; e
 change. MODE "uneven_update": the same for a RestEM update with 3 samples on rank 0 and 1 on rank 1. MODE "train":
 two training iterations; each rank saves its final parameters. MODE "train_resume" (PPO, with an accelerate FSDP
 or DeepSpeed environment): two iterations, then a third one resumed from the checkpoint; rank 0 saves the full
-weights after each part and checks that the resumed optimizer state equals the checkpoint's.
+weights after each part and checks that the resumed optimizer state equals the checkpoint's. MODE "nonfinite"
+(with an accelerate DeepSpeed environment): one step on a NaN loss; rank 0 records whether it raised
+NonFiniteError and left the weights as they were.
 """
 
 import copy
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_update import episodes  # noqa: E402
 from tiny import TINY  # noqa: E402
 
-from vineppo import distributed, sharding, zero  # noqa: E402
+from vineppo import distributed, sharding, stepping, zero  # noqa: E402
 from vineppo.update import micro_batches_per_step  # noqa: E402
 from vineppo.checkpoint import load_latest  # noqa: E402
 from vineppo.config import AlgoConfig, TrainConfig, load_config  # noqa: E402
@@ -30,13 +32,17 @@ from vineppo.restem import restem_update  # noqa: E402
 from vineppo.update import ppo_update, prepare  # noqa: E402
 
 
+def tiny_policy() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, max_position_embeddings=64))
+
+
 def updated(mine: list, settings: sharding.FSDPSettings | zero.ZeroSettings | None = None, method: str = "ppo") -> dict:
     """The parameter change and statistics of one update (2 epochs; PPO: one mini-batch of the 8 episodes of
     test_update.episodes, RestEM: mini-batches of 4 in micro-batches of 1) from `mine`, this process's share of
     them; with FSDP or ZeRO `settings` the policy is sharded, and the change is returned on rank 0 only."""
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=64, max_position_embeddings=64))
+    model = tiny_policy()
     mini, micro = (8, 2) if method == "ppo" else (4, 1)
     train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=mini, micro_batch_size=micro,
                         epochs=2, max_grad_norm=1.0)
@@ -113,6 +119,33 @@ def train_resume(out: Path) -> None:
         torch.save(weights, out / "weights_after_3.pt")
 
 
+def nonfinite(out: Path) -> None:
+    distributed.init(cpu=True)
+    model = tiny_policy()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train = TrainConfig(prompts_per_iteration=2, samples_per_prompt=1, mini_batch_size=2, micro_batch_size=1)
+    zero.initialize(model, optimizer, sharding.settings_from_env(), train, per_step=1)
+
+    def weights() -> dict:
+        full = sharding.full_weights(model)
+        return {k: v.clone() for k, v in (model.state_dict() if full is None else full).items()}
+
+    before, gradients = weights(), stepping.for_model(model, optimizer, train.max_grad_norm)
+    ids = torch.arange(6).view(1, 6)
+    gradients.backward(gradients.trained(input_ids=ids, labels=ids).loss * float("nan"))
+    try:
+        gradients.step()
+        raised = False
+    except stepping.NonFiniteError:
+        raised = True
+    after = weights()
+    if distributed.is_main():
+        unchanged = all(torch.equal(before[k], after[k]) for k in before)
+        (out / "nonfinite").write_text(f"raised {raised} unchanged {unchanged}")
+
+
 if __name__ == "__main__":
-    modes = {"update": update, "uneven_update": uneven_update, "train": train, "train_resume": train_resume}
+    modes = {"update": update, "uneven_update": uneven_update, "train": train, "train_resume": train_resume,
+             "nonfinite": nonfinite}
     modes[sys.argv[1]](Path(sys.argv[2]))
+    distributed.shutdown()

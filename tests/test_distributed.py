@@ -123,6 +123,14 @@ def test_sharded_training_checkpoints_and_resumes(kind, tmp_path, tmp_path_facto
     assert len(lines) == 4  # iterations 0-3, written once (by rank 0)
 
 
+@needs_deepspeed
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ds_zero2", "ds_zero3"])
+def test_a_non_finite_gradient_stops_deepspeed_before_the_weights_change(kind, tmp_path, tmp_path_factory):
+    launch("nonfinite", tmp_path, {**child_env(tmp_path_factory), **SHARDED_ENV[kind]})
+    assert (tmp_path / "nonfinite").read_text() == "raised True unchanged True"
+
+
 @pytest.mark.parametrize("name, kind", [("multi_gpu", "MULTI_GPU"), ("multi_cpu", "MULTI_GPU")])
 def test_the_shipped_accelerate_configs_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file

@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
+        distributed.shutdown()  # a no-op alone; under a launcher every rank gets here
     except (
         ConfigError, ContextLengthError, DataError, DiskSpaceError, ModelLoadError, UsageError, VLLMMissingError,
         WandbMissingError,

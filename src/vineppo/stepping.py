@@ -8,6 +8,8 @@ every rank must run as many backwards per step: `pad` runs zero-loss ones for a 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn.utils import clip_grad_norm_
 
@@ -42,7 +44,7 @@ class DataParallelStep:
         the norm is NaN or inf, so that the weights are not poisoned."""
         self.reduce()
         grad_norm = float(sharding.local_value(clip_grad_norm_(self.model.parameters(), self.max_grad_norm)))
-        if not torch.isfinite(torch.tensor(grad_norm)):
+        if not math.isfinite(grad_norm):
             raise NonFiniteError(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
         return grad_norm
@@ -82,7 +84,7 @@ class ZeroStep:
     def step(self) -> float:
         self.engine.step()
         grad_norm = float(self.engine.get_global_grad_norm())
-        if not torch.isfinite(torch.tensor(grad_norm)):
+        if not math.isfinite(grad_norm):
             raise NonFiniteError(f"the gradient norm is {grad_norm} (DeepSpeed skipped the step)")
         return grad_norm
 

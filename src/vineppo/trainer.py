@@ -155,12 +155,13 @@ class Trainer:
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
         # an accelerate FSDP or DeepSpeed config shards the policy and the value network (vineppo.sharding, .zero)
-        self.sharding = sharding.settings_from_env() if distributed.active() else None
-        if self.sharding and cfg.engine.name == "vllm":
+        self.shard_settings = sharding.settings_from_env() if distributed.active() else None
+        if self.shard_settings and cfg.engine.name == "vllm":
             raise ConfigError(
                 "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
             )
-        fsdp_checkpointing = isinstance(self.sharding, sharding.FSDPSettings) and self.sharding.activation_checkpointing
+        settings = self.shard_settings
+        fsdp_checkpointing = isinstance(settings, sharding.FSDPSettings) and settings.activation_checkpointing
         checkpointing = mc.gradient_checkpointing or fsdp_checkpointing
         if checkpointing:
             enable_activation_checkpointing(self.policy)
@@ -214,13 +215,13 @@ class Trainer:
         ZeRO around it; nothing without such a config), with AdamW and the warmup-decay schedule over the run's
         optimizer steps (the policy's and the value network's alike, PAPER-NOTES 2.5)."""
         tc = self.cfg.train
-        if isinstance(self.sharding, sharding.FSDPSettings):
-            sharding.shard(model, self.sharding)
+        if isinstance(self.shard_settings, sharding.FSDPSettings):
+            sharding.shard(model, self.shard_settings)
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
         )
-        if isinstance(self.sharding, zero.ZeroSettings):
-            zero.initialize(model, optimizer, self.sharding, tc, micro_batches_per_step(tc))
+        if isinstance(self.shard_settings, zero.ZeroSettings):
+            zero.initialize(model, optimizer, self.shard_settings, tc, micro_batches_per_step(tc))
         total_steps = tc.iterations * self.steps_per_iteration
         return optimizer, linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
 
