@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from typing import Mapping
 
 import torch
 import torch.distributed as dist
+
+
+def env_flag(env: Mapping[str, str], key: str, default: bool = False) -> bool:
+    """A boolean the launcher set in the environment ("true", "1", "yes" in any case)."""
+    return env.get(key, str(default)).strip().lower() in {"true", "1", "yes"}
 
 
 def launched() -> bool:

@@ -35,6 +35,7 @@ from typing import Mapping
 import torch
 
 from vineppo import zero
+from vineppo.distributed import env_flag
 from vineppo.config import ConfigError
 
 
@@ -47,20 +48,16 @@ class FSDPSettings:
     activation_checkpointing: bool
 
 
-def _flag(env: Mapping[str, str], key: str, default: bool = False) -> bool:
-    return env.get(key, str(default)).strip().lower() in {"true", "1", "yes"}
-
-
 def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zero.ZeroSettings | None:
     """The FSDP or DeepSpeed ZeRO settings of the accelerate config this process was launched with, or None for
     plain data parallelism. A ConfigError names the accelerate config key that cannot be honoured."""
-    if _flag(env, "ACCELERATE_USE_DEEPSPEED"):
+    if env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
         return zero.settings_from_env(env)
-    if not _flag(env, "ACCELERATE_USE_FSDP"):
+    if not env_flag(env, "ACCELERATE_USE_FSDP"):
         return None
     refused = {
         "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "must be 2 (FSDP1 is not supported)"),
-        "FSDP_OFFLOAD_PARAMS": (_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"),
+        "FSDP_OFFLOAD_PARAMS": (env_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"),
         "FSDP_AUTO_WRAP_POLICY": (
             env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP") != "TRANSFORMER_BASED_WRAP",
             "must be TRANSFORMER_BASED_WRAP (each transformer block is sharded on its own)",
@@ -81,9 +78,9 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zer
             raise ConfigError(f"accelerate config: {name} is {env[key]!r}; it {expected}")
     classes = tuple(c.strip() for c in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip())
     return FSDPSettings(
-        reshard_after_forward=_flag(env, "FSDP_RESHARD_AFTER_FORWARD", default=True),
+        reshard_after_forward=env_flag(env, "FSDP_RESHARD_AFTER_FORWARD", default=True),
         layer_classes=classes,
-        activation_checkpointing=_flag(env, "FSDP_ACTIVATION_CHECKPOINTING"),
+        activation_checkpointing=env_flag(env, "FSDP_ACTIVATION_CHECKPOINTING"),
     )
 
 

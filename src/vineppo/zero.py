@@ -47,10 +47,6 @@ class ZeroSettings:
     zero_optimization: dict = field(default_factory=dict)  # further keys of DeepSpeed's zero_optimization section
 
 
-def _flag(env: Mapping[str, str], key: str) -> bool:
-    return env.get(key, "false").strip().lower() in {"true", "1", "yes"}
-
-
 # keys of a DeepSpeed config file that vineppo sets itself from train.* ("auto" or absent is accepted)
 _SET_BY_VINEPPO = {
     "train_batch_size": "train.mini_batch_size",
@@ -78,7 +74,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> ZeroSettings:
                 f"accelerate config: deepspeed_config.{key.lower()} is {value!r}; it must be none "
                 "(offloading is not supported)"
             )
-    if _flag(env, "ACCELERATE_DEEPSPEED_ZERO3_INIT"):
+    if distributed.env_flag(env, "ACCELERATE_DEEPSPEED_ZERO3_INIT"):
         raise ConfigError(
             "accelerate config: deepspeed_config.zero3_init_flag is true; it must be false (vineppo loads the "
             "models whole and deepspeed.initialize partitions them)"
