@@ -91,14 +91,14 @@ def deepspeed_step(model, optimizer, stage: int, world: int, ids: torch.Tensor) 
     engine.backward(engine(input_ids=ids).logits.float().logsumexp(-1).mean())
     engine.step()
     local = [getattr(p, "ds_tensor", p) for p in model.parameters()]  # ZeRO-3: the partition
-    masters = [t for t in engine.optimizer.optimizer.state]  # AdamW's parameters: DeepSpeed's fp32 partitions
+    masters = list(optimizer.state)  # the AdamW's parameters inside the engine: DeepSpeed's fp32 partitions
     weights = {t.untyped_storage().data_ptr() for t in local}
     return {
         "parameters": local_bytes(local),
         "fp32_master": local_bytes(t for t in masters if t.untyped_storage().data_ptr() not in weights),
         "gradients": sum(gradients),
         "adamw_moments": local_bytes(
-            v for s in engine.optimizer.optimizer.state.values() for k, v in s.items() if k != "step"
+            v for s in optimizer.state.values() for k, v in s.items() if k != "step"
         ),
     }
 

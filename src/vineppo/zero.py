@@ -234,7 +234,7 @@ def load_optimizer_state(model, optimizer: torch.optim.Optimizer, state: dict) -
     if not state["state"]:
         return
     step = next(iter(state["state"].values()))["step"]
-    zero_optimizer = engine_of(model).optimizer  # its fp32 partitions are the AdamW's parameters (stage 3: `flat`)
+    zero_optimizer = engine_of(model).optimizer  # its fp32 partitions are the AdamW's parameters
     partitions = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None) or zero_optimizer.single_partition_of_fp32_groups
     for flat in partitions:  # AdamW creates its state at the first step: create it here to fill it
         optimizer.state[flat] = {"step": step.clone().to(flat.device), **{k: torch.zeros_like(flat) for k in _MOMENTS}}
