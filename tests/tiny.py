@@ -1,5 +1,6 @@
 """Settings for end-to-end runs in tests: a model and task small enough that a run takes seconds."""
 
+import sys
 from pathlib import Path
 
 TINY = [
@@ -16,3 +17,22 @@ TINY = [
 def sft_cache_dir(base: Path) -> str:
     """One SFT cache for the whole session, so the tiny SFT model is trained once."""
     return str(base / "vineppo-cache")
+
+
+ACCELERATE_CONFIGS = Path(__file__).parents[1] / "configs" / "accelerate"
+
+
+def cpu_launch_config(name: str, out_dir: Path) -> Path:
+    """The shipped accelerate config `name` (configs/accelerate/NAME.yaml) for 2 CPU processes instead of 8 GPUs,
+    written into `out_dir`."""
+    text = (ACCELERATE_CONFIGS / f"{name}.yaml").read_text()
+    text = text.replace("use_cpu: false", "use_cpu: true").replace("num_processes: 8", "num_processes: 2")
+    path = out_dir / f"{name}-cpu.yaml"
+    path.write_text("\n".join(line for line in text.splitlines() if not line.startswith("gpu_ids")))
+    return path
+
+
+def launched_train_command(config: Path, run_dir: Path) -> list[str]:
+    """`accelerate launch --config_file CONFIG -m vineppo.cli train`: one tiny iteration into `run_dir`."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "vineppo.cli",
+            "train", "--run-dir", str(run_dir), *TINY, "train.iterations=1"]

@@ -287,7 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         COMMANDS[args.command](args, console)
-        distributed.shutdown()  # a no-op alone; under a launcher every rank gets here
     except (
         ConfigError, ContextLengthError, DataError, DiskSpaceError, ModelLoadError, UsageError, VLLMMissingError,
         WandbMissingError,
@@ -304,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume RUN_DIR from the last checkpoint")
         return 130
+    finally:
+        distributed.shutdown()  # a no-op alone; under a launcher every rank gets here, stopped or not
     return 0
 
 

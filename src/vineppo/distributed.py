@@ -9,13 +9,28 @@ the whole mini-batch would. Advantage whitening uses the global mean and varianc
 directory; logged metrics are averaged over the ranks (token counts summed).
 
 With one process (no launcher) every function here is a no-op, and nothing imports accelerate.
+
+Ending cleanly. A gloo process group runs collectives on worker threads; a worker that drops the last reference
+to a finished collective's tensor must take the GIL to free its Python object. If the interpreter is finalizing
+by then, CPython ends that thread with `pthread_exit`, whose unwinding through a `noexcept` destructor calls
+`std::terminate`: "terminate called without an active exception", SIGABRT, and the launcher reports a failed run
+after all the work was done (pytorch/pytorch#190489). `torch.distributed.destroy_process_group` joins the
+workers, but only once nothing else holds the group, and two of vineppo's dependencies do: FSDP2's device mesh
+(which DTensor's caches keep for the life of the process) and DeepSpeed (its table of groups, its engines' hooks, and a
+default argument of `deepspeed.comm`'s barrier bound to the world group when DeepSpeed is imported after the
+group exists). `init` and `shutdown` release both, so every command ends with the workers joined (tests check it).
 """
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import os
+import sys
+import warnings
 from contextlib import contextmanager
-from typing import Mapping
+from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -34,16 +49,86 @@ def launched() -> bool:
 def init(cpu: bool) -> None:
     """Join the launcher's process group (gloo on CPU, nccl on GPUs) through accelerate; a no-op alone."""
     if launched() and not dist.is_initialized():
+        import_deepspeed()
         from accelerate import PartialState
 
         PartialState(cpu=cpu)
 
 
+def import_deepspeed() -> None:
+    """Import DeepSpeed, where installed, before the process group is created (see the module doc). accelerate
+    imports it for every model it saves, so this matters to runs that do not use DeepSpeed too."""
+    if importlib.util.find_spec("deepspeed") is not None:
+        import deepspeed.comm  # noqa: F401
+
+
+_MESH = None  # the device mesh FSDP2 shards over, made once (see device_mesh)
+
+
+def device_mesh(device_type: str):
+    """The one-dimensional mesh over every rank that FSDP2 shards over, made once, so that `shutdown` can
+    release the process group it holds."""
+    global _MESH
+    if _MESH is None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        _MESH = init_device_mesh(device_type, (dist.get_world_size(),))
+    return _MESH
+
+
+_RELEASES: list[Callable[[], None]] = []  # what `shutdown` runs while the group still exists
+
+
+def release_at_shutdown(release: Callable[[], None]) -> None:
+    """Have `shutdown` call `release` before it leaves the group, e.g. to remove the hooks by which DeepSpeed
+    keeps an engine, and the engine's groups, alive. `release` should hold what it releases weakly."""
+    _RELEASES.append(release)
+
+
 def shutdown() -> None:
-    """Leave the process group at the end of a run (every rank). DeepSpeed runs that exited without it aborted at
-    interpreter exit ("terminate called without an active exception") 3 times in 12 here; with it, none in 16."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave and free the process group at the end of a command, on every rank, so that its worker threads are
+    joined while the interpreter is alive (see the module doc). DeepSpeed's own teardown when DeepSpeed joined:
+    it also drops DeepSpeed's references to the groups."""
+    global _MESH
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    while _RELEASES:
+        _RELEASES.pop()()
+    deepspeed_comm = sys.modules.get("deepspeed.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()
+    else:
         dist.destroy_process_group()
+    if _MESH is not None:
+        # DTensor's sharding caches keep every mesh they have seen; a mesh holds its groups in this table,
+        # which is all that is left of the group once it is destroyed.
+        _MESH._pg_registry.clear()
+        _MESH = None
+    gc.collect()  # the sharded models' reference cycles hold the group too
+    if gloo_threads():
+        warnings.warn(
+            f"{len(gloo_threads())} gloo worker threads outlive the process group (something still holds it); "
+            "the process may abort at exit", RuntimeWarning, stacklevel=2,
+        )
+
+
+GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop")  # the names gloo gives its worker and transport threads
+
+
+def gloo_threads() -> list[str]:
+    """The names of this process's live gloo threads (Linux; elsewhere an empty list)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = []
+    for task in tasks.iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name in GLOO_THREADS:
+            names.append(name)
+    return names
 
 
 def active() -> bool:

@@ -34,8 +34,7 @@ from typing import Mapping
 
 import torch
 
-from vineppo import zero
-from vineppo.distributed import env_flag
+from vineppo import distributed, zero
 from vineppo.config import ConfigError
 
 
@@ -51,13 +50,13 @@ class FSDPSettings:
 def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zero.ZeroSettings | None:
     """The FSDP or DeepSpeed ZeRO settings of the accelerate config this process was launched with, or None for
     plain data parallelism. A ConfigError names the accelerate config key that cannot be honoured."""
-    if env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
+    if distributed.env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
         return zero.settings_from_env(env)
-    if not env_flag(env, "ACCELERATE_USE_FSDP"):
+    if not distributed.env_flag(env, "ACCELERATE_USE_FSDP"):
         return None
     refused = {
         "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "must be 2 (FSDP1 is not supported)"),
-        "FSDP_OFFLOAD_PARAMS": (env_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"),
+        "FSDP_OFFLOAD_PARAMS": (distributed.env_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"),
         "FSDP_AUTO_WRAP_POLICY": (
             env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP") != "TRANSFORMER_BASED_WRAP",
             "must be TRANSFORMER_BASED_WRAP (each transformer block is sharded on its own)",
@@ -78,9 +77,9 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zer
             raise ConfigError(f"accelerate config: {name} is {env[key]!r}; it {expected}")
     classes = tuple(c.strip() for c in env.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if c.strip())
     return FSDPSettings(
-        reshard_after_forward=env_flag(env, "FSDP_RESHARD_AFTER_FORWARD", default=True),
+        reshard_after_forward=distributed.env_flag(env, "FSDP_RESHARD_AFTER_FORWARD", default=True),
         layer_classes=classes,
-        activation_checkpointing=env_flag(env, "FSDP_ACTIVATION_CHECKPOINTING"),
+        activation_checkpointing=distributed.env_flag(env, "FSDP_ACTIVATION_CHECKPOINTING"),
     )
 
 
@@ -105,9 +104,10 @@ def shard(model, settings: FSDPSettings) -> None:
             f"accelerate config: fsdp_transformer_layer_cls_to_wrap: no module of {type(model).__name__} is of the "
             f"classes {sorted(names) or '(none named)'}; name its transformer block class"
         )
+    mesh = distributed.device_mesh(next(model.parameters()).device.type)
     for block in blocks:
-        fully_shard(block, reshard_after_forward=settings.reshard_after_forward)
-    fully_shard(model, reshard_after_forward=settings.reshard_after_forward)
+        fully_shard(block, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=settings.reshard_after_forward)
     _RESHARDS_AFTER_FORWARD[model] = settings.reshard_after_forward
     for unit in model.modules():
         if isinstance(unit, FSDPModule):

@@ -30,6 +30,7 @@ import os
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -127,12 +128,15 @@ def _settings_from_file(path: Path) -> ZeroSettings:
     return ZeroSettings(stage=stage, zero_optimization=zero)
 
 
-_ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trained model -> its DeepSpeed engine
+# The model holds its engine in its instance dict, beside nn.Module's attribute handling (which would make the
+# engine, itself a Module, a submodule of the model it wraps). A table keyed by the model would keep both alive
+# for the life of the process, and the process groups the engine holds with them (see vineppo.distributed).
+_ENGINE = "_vineppo_deepspeed_engine"
 
 
 def engine_of(model):
     """The DeepSpeed engine around `model`, or None for a model that `initialize` was not given."""
-    return _ENGINES.get(model) if model is not None else None
+    return model.__dict__.get(_ENGINE) if model is not None else None
 
 
 def initialize(model, optimizer: torch.optim.Optimizer, settings: ZeroSettings, train: TrainConfig, per_step: int):
@@ -157,14 +161,36 @@ def initialize(model, optimizer: torch.optim.Optimizer, settings: ZeroSettings, 
         "steps_per_print": 2**62,  # vineppo logs its own metrics
     }
     if next(model.parameters()).device.type == "cpu":
-        # DeepSpeed compiles a shared-memory all-reduce kernel on CPUs that only DeepSpeed-Inference uses (ZeRO
-        # does not). With it, 1 run in 8 aborted at process exit here even after leaving the process group
-        # ("terminate called without an active exception"); without it none in 28. The one switch is DeepSpeed's
-        # cached table of buildable ops, which keeps edits (deepspeed/ops/__init__.py).
+        # DeepSpeed compiles and maps a shared-memory all-reduce kernel on CPUs that only DeepSpeed-Inference uses
+        # (ZeRO does not); the one switch is its cached table of buildable ops (deepspeed/ops/__init__.py). (The
+        # aborts at exit once blamed on this kernel came from process groups outliving the run: vineppo.distributed.)
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    _ENGINES[model] = engine
+    model.__dict__[_ENGINE] = engine
+    distributed.release_at_shutdown(partial(_release, weakref.ref(engine)))
     return engine
+
+
+def _release(engine_ref: weakref.ref) -> None:
+    """DeepSpeed's teardown of an engine that still lives: `destroy` removes the gradient hooks that keep the
+    engine, its model and its process groups alive. Under ZeRO-3, DeepSpeed 0.19 keeps them by two more
+    references that `destroy` leaves: the model stays on its global forward-module stack, where the engine put it,
+    and the parameter coordinator's `__params_to_release` is cached with `functools.lru_cache` on the method,
+    keyed by the coordinator, a cache that is never cleared. Both are dropped here."""
+    engine = engine_ref()
+    if engine is None:
+        return
+    engine.destroy()
+    if engine.zero_optimization_stage() == 3:
+        from deepspeed.runtime.zero import parameter_offload
+        from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+        stack = parameter_offload.FWD_MODULE_STACK
+        stack[:] = [module for module in stack if module is not engine.module]
+        traced = PartitionedParameterCoordinator._PartitionedParameterCoordinator__params_to_release
+        for cell in traced.__closure__ or ():  # DeepSpeed's NVTX wrapper holds the cached function
+            if hasattr(cell.cell_contents, "cache_clear"):
+                cell.cell_contents.cache_clear()
 
 
 @contextmanager
