@@ -92,7 +92,8 @@ def stress(mode: str, runs: int, load: str, base: Path) -> dict:
             print(f"  {mode} {load} run {i}: exit {result.returncode}, output in {scratch}", file=sys.stderr)
     return {"mode": mode, "load": load, "runs": runs, "exit_0": codes.pop(0, 0),
             "failures_by_code": {str(code): n for code, n in sorted(codes.items())},
-            "seconds": round(time.perf_counter() - started, 1), "loadavg_after": open("/proc/loadavg").read().split()[:3]}
+            "seconds": round(time.perf_counter() - started, 1),
+            "loadavg_after": open("/proc/loadavg").read().split()[:3]}
 
 
 def main() -> None:
@@ -100,7 +101,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--load", nargs="+", choices=["quiet", "heavy"], default=["quiet", "heavy"])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
-    parser.add_argument("--logs", type=Path, default=None, help="where failed runs' output is kept (default: a temp dir)")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="where failed runs' output is kept (default: a temp dir)")
     args = parser.parse_args()
     base = args.logs or Path(tempfile.mkdtemp(prefix="exit-stress-"))
     print(f"loadavg before: {open('/proc/loadavg').read().strip()}; logs under {base}", flush=True)

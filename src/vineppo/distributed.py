@@ -16,8 +16,8 @@ by then, CPython ends that thread with `pthread_exit`, whose unwinding through a
 `std::terminate`: "terminate called without an active exception", SIGABRT, and the launcher reports a failed run
 after all the work was done (pytorch/pytorch#190489). `torch.distributed.destroy_process_group` joins the
 workers, but only once nothing else holds the group, and two of vineppo's dependencies do: FSDP2's device mesh
-(which DTensor's caches keep for the life of the process) and DeepSpeed (its table of groups, its engines' hooks, and a
-default argument of `deepspeed.comm`'s barrier bound to the world group when DeepSpeed is imported after the
+(which DTensor's caches keep for the life of the process) and DeepSpeed (its table of groups, its engines' hooks,
+and a default argument of `deepspeed.comm`'s barrier bound to the world group when DeepSpeed is imported after the
 group exists). `init` and `shutdown` release both, so every command ends with the workers joined (tests check it).
 """
 

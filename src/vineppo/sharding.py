@@ -56,7 +56,9 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zer
         return None
     refused = {
         "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "must be 2 (FSDP1 is not supported)"),
-        "FSDP_OFFLOAD_PARAMS": (distributed.env_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"),
+        "FSDP_OFFLOAD_PARAMS": (
+            distributed.env_flag(env, "FSDP_OFFLOAD_PARAMS"), "must be false (CPU offload is not supported)"
+        ),
         "FSDP_AUTO_WRAP_POLICY": (
             env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP") != "TRANSFORMER_BASED_WRAP",
             "must be TRANSFORMER_BASED_WRAP (each transformer block is sharded on its own)",
