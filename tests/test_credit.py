@@ -130,13 +130,58 @@ def test_mc_values_are_unbiased_and_converge_to_the_true_values():
 
 
 def test_cap_on_value_steps_merges_the_tail():
+    """max_value_steps = 1 estimates s_0 and s_1; under "merge" the third line joins the second step."""
     engine = CoinEngine()
     episode = make_episode([True, True, False])
-    vine_credit([episode], engine, CoinTask(), decode, k=2, params=SamplingParams(), max_value_steps=2)
+    vine_credit([episode], engine, CoinTask(), decode, k=2, params=SamplingParams(), max_value_steps=1)
     assert episode.step_starts == [0, 2]
     assert len(engine.calls[0]) == 2
     tail = episode.advantages[2:]
     assert tail == [1.0 - episode.step_values[1]] * len(tail)
+
+
+LINE_VOCAB = {0: "x", 1: "\n", 2: ""}  # a line is "x\n"; 2 is eos
+
+
+class LinesTask(FakeTaskBase):
+    name = "lines"
+
+    def grade(self, problem, response):
+        return Grade(response.count("\n") / 30, parsed=True)
+
+
+class EosEngine:
+    """Ends every continuation at once: the MC value of a state is the grade of its prefix, exactly."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
+        self.calls.append(prefixes)
+        return [[Completion([2], [0.0], "stop") for _ in range(n)] for _ in prefixes]
+
+
+@pytest.mark.parametrize("after_value_cap", ["zero", "merge"])
+def test_a_cap_of_25_estimates_26_boundaries_as_the_official_code(after_value_cap):
+    """A 30-line response, max_value_steps 25: V(s_0) .. V(s_25) are estimated (the official
+    max_step_for_value_estimation = 25 gives 26 values), V(s_i) = i / 30 here. "zero" (official): the step at
+    the cap gets R - V(s_25) and the four after it 0; "merge": those four lines share R - V(s_25)."""
+    ids = [0, 1] * 30 + [2]
+    episode = Episode(0, PROBLEM, [1], ids, [0.0] * len(ids), "stop", reward=1.0, parsed=True)
+    engine = EosEngine()
+    vine_credit([episode], engine, LinesTask(), lambda t: "".join(LINE_VOCAB[i] for i in t), k=2,
+                params=SamplingParams(), max_value_steps=25, after_value_cap=after_value_cap)
+    assert len(engine.calls[0]) == 26
+    assert episode.step_values[:26] == pytest.approx([i / 30 for i in range(26)])
+    if after_value_cap == "zero":
+        assert episode.step_starts == [2 * i for i in range(30)]
+        assert episode.step_values[26:] == [1.0] * 4
+        assert episode.advantages[50:52] == pytest.approx([5 / 30] * 2)  # step 25 (tokens 50, 51)
+        assert episode.advantages[52:] == [0.0] * 9  # steps 26-29 and eos
+    else:
+        assert episode.step_starts == [2 * i for i in range(26)]
+        assert episode.advantages[50:] == pytest.approx([5 / 30] * 11)
+    assert episode.advantages[:50] == pytest.approx([1 / 30] * 50)
 
 
 def test_a_response_cut_off_at_the_length_limit_earns_nothing():
@@ -146,3 +191,73 @@ def test_a_response_cut_off_at_the_length_limit_earns_nothing():
     stopped, cut_off = grade_responses(CoinTask(), [PROBLEM, PROBLEM], [full, full], ["stop", "length"])
     assert stopped.reward == 1.0
     assert cut_off.reward == 0.0
+
+
+SCRIPT = "x=2\n#### 5\n\n\nProblem: y=3\n#### 7\n\n\nProblem: z=1\n#### 8\n"
+STOP = "\n\n\nProblem:"
+CHARS = sorted(set(SCRIPT))
+SCRIPT_EOS = len(CHARS)
+
+
+def script_texts(ids):
+    return [CHARS[i] if i < len(CHARS) else "" for i in ids]
+
+
+class ScriptEngine:
+    """Continues any prefix along SCRIPT, one character per token, and keeps going (into a new problem) unless
+    its generated text holds a stop string, like the real engines, whose stop handling it shares."""
+
+    def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
+        from vineppo.engine.base import end_at_stop_string
+
+        out = []
+        for prefix, budget in zip(prefixes, budgets or [params.max_new_tokens] * len(prefixes)):
+            start = len("".join(script_texts(prefix[1:])))  # prefix[0] is the prompt
+            ids, reason = [], "length"
+            for char in SCRIPT[start : start + budget]:
+                ids.append(CHARS.index(char))
+                if any(stop in "".join(script_texts(ids)) for stop in params.stop):
+                    reason = "stop"
+                    break
+            completion = Completion(ids, [0.0] * len(ids), reason)
+            out.append([end_at_stop_string(completion, params.stop, script_texts, SCRIPT_EOS)] * n)
+        return out
+
+
+class LastAnswerTask(FakeTaskBase):
+    """Grades the last "#### N" of the text, as a response that ran on into a new problem is graded."""
+
+    name = "last_answer"
+
+    def grade(self, problem, response):
+        answers = [line[5:] for line in response.split("\n") if line.startswith("#### ")]
+        return Grade(float(bool(answers) and answers[-1] == "5"), parsed=bool(answers))
+
+
+def test_a_response_ending_on_a_stop_string_gets_the_value_of_its_last_state_right():
+    """The plain prompt format stops at "\n\n\nProblem:". The response is recorded without it and with eos, so
+    the answer line is the last step and the MC value of the state before it is R for this deterministic
+    policy: kept, the stop string would be a step of its own, whose rollouts cannot stop and run on into a new
+    problem graded 0, giving the correct answer line a negative advantage."""
+    engine = ScriptEngine()
+    params = SamplingParams(temperature=0.6, max_new_tokens=40, stop=(STOP,))
+    (response,) = engine.generate([[SCRIPT_EOS]], 1, params)[0]
+    assert "".join(script_texts(response.token_ids)) == "x=2\n#### 5" and response.token_ids[-1] == SCRIPT_EOS
+    episode = Episode(0, PROBLEM, [SCRIPT_EOS], response.token_ids, response.logprobs, "stop", reward=1.0,
+                      parsed=True)
+    vine_credit([episode], engine, LastAnswerTask(), lambda ids: "".join(script_texts(ids)), k=3, params=params,
+                max_value_steps=None)
+    assert episode.step_starts == [0, 4]  # "x=2\n", "#### 5" + eos
+    assert episode.step_values == [1.0, 1.0]
+    assert episode.advantages == [0.0] * len(response.token_ids)
+
+
+def test_end_at_stop_string_keeps_a_token_holding_text_before_the_stop_string():
+    from vineppo.engine.base import end_at_stop_string
+
+    texts = {0: "#### 5\n", 1: "\n\nProb", 2: "lem:", 3: ""}
+    completion = Completion([0, 1, 2], [-0.1, -0.2, -0.3], "stop")
+    ended = end_at_stop_string(completion, (STOP,), lambda ids: [texts[i] for i in ids], eos_token_id=3)
+    assert ended.token_ids == [0, 3] and ended.logprobs == [-0.1, 0.0] and ended.finish_reason == "stop"
+    at_eos = Completion([0, 3], [-0.1, -0.4], "stop")
+    assert end_at_stop_string(at_eos, (STOP,), lambda ids: [texts[i] for i in ids], 3) == at_eos

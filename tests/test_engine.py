@@ -301,10 +301,10 @@ def test_a_stop_string_ends_a_completion_like_eos(model: LlamaForCausalLM) -> No
     for (a,), (b,) in zip(free, stopped):
         text = tokenizer.decode(a.token_ids)
         if stop in text:
-            # the first token whose text completes the stop string is the last one kept
-            end = next(k for k in range(1, len(a.token_ids) + 1) if stop in tokenizer.decode(a.token_ids[:k]))
-            assert b.token_ids == a.token_ids[:end] and b.finish_reason == "stop"
-            assert b.logprobs == pytest.approx(a.logprobs[:end])
+            # generation ends at the token completing the stop string; recorded without it, eos appended
+            cut = text.find(stop)  # one character per token here
+            assert b.token_ids == a.token_ids[:cut] + [EOS] and b.finish_reason == "stop"
+            assert b.logprobs == pytest.approx(a.logprobs[:cut] + [0.0])
         else:
             assert b.token_ids == a.token_ids and b.finish_reason == a.finish_reason
     assert any(stop in tokenizer.decode(a.token_ids) for (a,) in free)

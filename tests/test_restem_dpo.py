@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vineppo.episodes import Episode
-from vineppo.losses import MiniBatchTotals, dpo_plus_loss, nll_loss, token_weights
+from vineppo.losses import KLPenalty, MiniBatchTotals, dpo_plus_loss, nll_loss, token_weights
 from vineppo.preference import make_pairs
 from vineppo.restem import select_correct
 from vineppo.tasks.base import Problem
@@ -33,7 +33,7 @@ def test_token_weights_by_hand():
 def test_nll_loss_and_its_gradient_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.25, 0.9]])).requires_grad_(True)
     weights = torch.tensor([[0.5, 0.5, 0.0]])
-    loss, kl = nll_loss(logp, logp.detach(), logp.detach(), weights, kl_coef=0.0)
+    loss, kl = nll_loss(logp, logp.detach(), logp.detach(), weights, KLPenalty(0.0))
     assert loss.item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(4))
     assert kl.item() == pytest.approx(0.0)
     loss.backward()

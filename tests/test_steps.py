@@ -1,4 +1,6 @@
-from vineppo.steps import split_steps, step_spans
+import pytest
+
+from vineppo.steps import estimated_boundaries, split_steps, step_spans
 
 
 def chars(text):
@@ -35,11 +37,12 @@ def test_a_step_starts_at_the_token_holding_its_first_character():
     assert split_steps(["a\n", "b\n", "c"]) == [0, 1, 2]
 
 
-def test_cap_merges_later_steps_into_the_last_kept_one():
-    text = "a\nb\nc\nd\n"
-    assert split_steps(chars(text)) == [0, 2, 4, 6]
-    assert split_steps(chars(text), max_steps=2) == [0, 2]
-    assert step_spans([0, 2], 8) == [(0, 2), (2, 8)]
+def test_a_cap_c_estimates_boundaries_s0_to_sc():
+    assert [estimated_boundaries(30, 25), estimated_boundaries(26, 25), estimated_boundaries(4, 25)] == [26, 26, 4]
+    assert estimated_boundaries(30, None) == 30 and estimated_boundaries(3, 0) == 1
+    with pytest.raises(ValueError, match=">= 0"):
+        estimated_boundaries(3, -1)
+    assert step_spans([0, 2], 8) == [(0, 2), (2, 8)]  # a last kept step runs to the end: the "merge" of the tail
 
 
 def test_steps_cover_the_response_and_rejoin_to_it():

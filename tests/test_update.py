@@ -34,12 +34,12 @@ def episodes(count=8, seed=0):
     return out
 
 
-def one_step(model, micro_batch_size, whiten=True, aggregation="token_mean"):
+def one_step(model, micro_batch_size, whiten=True, aggregation="token_mean", whiten_scope="iteration"):
     policy = copy.deepcopy(model)
     reference = copy.deepcopy(model)
     train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8,
                         micro_batch_size=micro_batch_size, epochs=1, max_grad_norm=1e9)
-    algo = AlgoConfig(kl_coef=0.1, loss_aggregation=aggregation)
+    algo = AlgoConfig(kl_coef=0.1, loss_aggregation=aggregation, whiten_scope=whiten_scope)
     batches, _ = prepare(policy, reference, episodes(), pad_id=0, micro_batch_size=micro_batch_size,
                          temperature=0.7, whiten_advantages=whiten, device=torch.device("cpu"))
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
@@ -105,3 +105,92 @@ def test_a_non_finite_gradient_stops_before_the_optimizer_step(model):
     with pytest.raises(NonFiniteError, match="gradient norm is"):
         ppo_update(policy, optimizer, scheduler, batches, AlgoConfig(), train, 1.0, torch.Generator())
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_mini_batch_whitening_whitens_each_step_from_the_raw_advantages(model):
+    """whiten_scope "mini_batch" (official): every optimizer step trains on its own mini-batch's advantages
+    whitened (mean 0, unbiased std 1 over its response tokens), computed from the raw advantages each epoch."""
+    from vineppo.losses import masked_mean_var
+    from vineppo.update import minibatch_steps, whitened
+
+    policy = copy.deepcopy(model)
+    batches, _ = prepare(policy, policy, episodes(), pad_id=0, micro_batch_size=2, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))
+    raw = [b.tokens.advantages.clone() for b in batches]
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=4, micro_batch_size=2,
+                        epochs=2)
+    seen = []
+
+    def micro_loss(trained, b, totals):
+        seen.append(b.tokens)
+        return (trained.model.embed_tokens.weight * 0).sum(), {}
+
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    minibatch_steps(policy, optimizer, scheduler, batches, train, torch.Generator().manual_seed(0), micro_loss,
+                    per_mini_batch=whitened)
+    assert len(seen) == 8  # 2 epochs x 2 steps x 2 micro-batches
+    for first in range(0, 8, 2):
+        step = seen[first : first + 2]
+        adv = torch.cat([t.advantages.flatten() for t in step])
+        mask = torch.cat([t.response_mask.flatten() for t in step])
+        mean, var = masked_mean_var(adv, mask, unbiased=True)
+        assert mean.item() == pytest.approx(0.0, abs=1e-6) and var.item() == pytest.approx(1.0, abs=1e-5)
+    assert all(torch.equal(b.tokens.advantages, r) for b, r in zip(batches, raw))  # the stored ones stay raw
+
+
+def test_with_one_mini_batch_per_iteration_the_two_whitening_scopes_agree(model):
+    torch.manual_seed(1)
+    per_iteration, _ = one_step(model, micro_batch_size=4, whiten=True)
+    torch.manual_seed(1)
+    per_mini_batch, _ = one_step(model, micro_batch_size=4, whiten=False, whiten_scope="mini_batch")
+    torch.manual_seed(1)
+    none, _ = one_step(model, micro_batch_size=4, whiten=False)
+    for a, b in zip(per_iteration, per_mini_batch):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(per_iteration, none))
+
+
+def test_a_micro_batch_above_the_ratio_threshold_contributes_no_gradient(model):
+    """algo.ratio_threshold (official 10): the loss of a micro-batch whose mean ratio pi / pi_old exceeds it is
+    multiplied by 0, and the skipped micro-batches are counted (loss/skipped, per optimizer step)."""
+    from vineppo.update import forward_logprobs
+
+    old_policy = copy.deepcopy(model)
+    batches, _ = prepare(old_policy, old_policy, episodes(), pad_id=0, micro_batch_size=2, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        ratios = []
+        for b in batches:
+            ratio = torch.exp(forward_logprobs(moved, b.tokens, 1.0) - b.old_logp)
+            ratios.append(((ratio * b.tokens.response_mask).sum() / b.tokens.response_mask.sum()).item())
+    threshold = sorted(ratios)[len(ratios) // 2]  # about half the micro-batches above it
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=2,
+                        epochs=1, max_grad_norm=1e9)
+
+    def update(algo):
+        policy = copy.deepcopy(moved)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, 1.0, torch.Generator().manual_seed(0))
+        return [p.detach() - q for p, q in zip(policy.parameters(), moved.parameters())], stats
+
+    _, stats = update(AlgoConfig(kl_coef=0.0, ratio_threshold=threshold))
+    assert stats["loss/skipped"] == sum(r > threshold for r in ratios) > 0
+    everything, stats = update(AlgoConfig(kl_coef=0.0, ratio_threshold=min(ratios) / 2))
+    assert stats["loss/skipped"] == len(batches)
+    assert all(d.abs().max() == 0 for d in everything)
+    nothing, stats = update(AlgoConfig(kl_coef=0.0))
+    assert stats["loss/skipped"] == 0 and any(d.abs().max() > 0 for d in nothing)
+
+
+def test_group_baselines_are_not_whitened_unless_asked():
+    """A GRPO/RLOO group whose rewards are all equal has advantage 0 ("no signal"): whitening across groups would
+    move it to -mean/std. The PPO family's own practice: vineppo and ppo whiten (official), grpo and rloo not."""
+    assert AlgoConfig(name="vineppo").whitens and AlgoConfig(name="ppo").whitens
+    assert not AlgoConfig(name="grpo").whitens and not AlgoConfig(name="rloo").whitens
+    assert AlgoConfig(name="grpo", whiten_advantages=True).whitens
+    assert not AlgoConfig(name="vineppo", whiten_advantages=False).whitens

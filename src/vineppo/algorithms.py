@@ -14,3 +14,5 @@ PPO_FAMILY: tuple[str, ...] = get_args(PPOFamily)
 ALGORITHMS: tuple[str, ...] = get_args(AlgorithmName)
 
 LossAggregation = Literal["token_mean", "sequence_mean"]  # vineppo.losses.token_weights
+KLAggregation = Literal["token_mean", "sequence_mean", "sequence_sum"]  # vineppo.losses.token_weights
+KLGradient = Literal["ratio_corrected", "plain"]  # vineppo.losses.kl_loss_terms

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vineppo.algorithms import AlgorithmName, LossAggregation
+from vineppo.algorithms import AlgorithmName, KLAggregation, KLGradient, LossAggregation
 
 
 class ConfigError(ValueError):
@@ -169,9 +169,14 @@ class AlgoConfig(_Section):
     correct/incorrect pairs of samples."""
     k: int = Field(9, ge=1)
     """MC rollouts per step boundary (paper: 9). Used by vineppo only."""
-    max_value_steps: int | None = Field(25, ge=1)
-    """Cap on the step boundaries whose value is estimated; later steps are merged into the last one
-    (paper: 25 on GSM8K, none on MATH). None estimates every boundary. Used by vineppo only."""
+    max_value_steps: int | None = Field(25, ge=0)
+    """Cap c on the step boundaries whose value is estimated: s_0 .. s_c, c + 1 of them (the official
+    max_step_for_value_estimation; paper: 25 on GSM8K, none on MATH). None estimates every boundary. Used by
+    vineppo only."""
+    after_value_cap: Literal["merge", "zero"] = "merge"
+    """The steps after the cap (vineppo.credit.vine): "zero" gives them advantage 0 and the step at the cap
+    R - V(s_c) (official); "merge" merges them into the step at the cap, whose tokens all get R - V(s_c).
+    Used by vineppo only."""
     gamma: float = Field(1.0, ge=0, le=1)
     """GAE discount (paper: 1.0, PAPER-NOTES 2.5). Used by ppo only."""
     lam: float = Field(1.0, ge=0, le=1)
@@ -182,11 +187,32 @@ class AlgoConfig(_Section):
     value_lr: float | None = Field(None, gt=0)
     """The value network's learning rate; None uses `train.lr`, as the paper does (same LR and schedule as the
     actor, PAPER-NOTES 2.5). Used by ppo only."""
-    whiten_advantages: bool = True
+    whiten_advantages: bool | None = None
+    """Whiten the advantages (mean 0, std 1 over `whiten_scope`); None: as the method does, `whitens`. PPO family."""
+    whiten_scope: Literal["iteration", "mini_batch"] = "iteration"
+    """What advantages are whitened over (mean and std of their response tokens, over every process):
+    "mini_batch", each optimizer step's mini-batch apart, as the official trainer does (PAPER-NOTES 3.5); or
+    "iteration", all of the iteration's at once, which makes the advantages independent of how the episodes are
+    cut into mini-batches. PPO family."""
     clip_range: float = Field(0.2, gt=0)
+    ratio_threshold: float | None = Field(None, gt=0)
+    """A micro-batch whose importance ratio pi / pi_old, averaged over its response tokens, exceeds this
+    contributes no gradient (its loss is multiplied by 0; counted in `loss/skipped`), as the official trainer
+    guards each training step (its per-device batch; official: 10). None: no guard. PPO family."""
     kl_coef: float = Field(1e-4, ge=0)
     """Paper: 1e-4 (k3, in the loss)."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_aggregation: KLAggregation = "token_mean"
+    """How the KL term is aggregated over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
+    response tokens, like the policy loss; "sequence_mean"; or "sequence_sum", each response's sum over its
+    tokens averaged over the responses (official), which is stronger than the token mean by the mean response
+    length, so a `kl_coef` means something else under each."""
+    kl_clip: float | None = Field(None, gt=0)
+    """Clip each token's KL estimate to [0, kl_clip] in the loss (official: 10); None: no clip."""
+    kl_gradient: KLGradient = "ratio_corrected"
+    """"ratio_corrected": the KL estimate times pi / pi_old, whose gradient is an unbiased estimate of the
+    gradient of KL(pi || pi_ref); "plain": the estimate alone (official; for k3 its expected gradient is that of
+    KL(pi_ref || pi)). vineppo.losses.kl_loss_terms."""
     loss_aggregation: LossAggregation = "token_mean"
     """How the policy loss averages over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
     response tokens (paper), or "sequence_mean", the mean of each response's token-mean. PPO family and
@@ -197,6 +223,17 @@ class AlgoConfig(_Section):
     """DPO+'s beta (paper: 0.3 on GSM8K, 0.1 on MATH)."""
     dpo_lambda: float = Field(50.0, ge=0)
     """DPO+'s weight on keeping the correct response's likelihood above the reference's (paper: 50; 0 = DPO)."""
+
+
+    @property
+    def whitens(self) -> bool:
+        """Whether advantages are whitened: `whiten_advantages`, or by default on for vineppo and ppo (the
+        official trainer whitens) and off for grpo and rloo, whose papers train on the group-normalised (GRPO) or
+        leave-one-out (RLOO) advantages as they are; whitening across groups would turn a group whose rewards are
+        all equal (advantage 0, no signal) into -mean/std on every token."""
+        if self.whiten_advantages is not None:
+            return self.whiten_advantages
+        return self.name in ("vineppo", "ppo")
 
 
 class TrainConfig(_Section):

@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 import torch
 
-from vineppo.algorithms import LossAggregation
+from vineppo.algorithms import KLAggregation, KLGradient, LossAggregation
 
 KLEstimator = Literal["k1", "k2", "k3"]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -32,20 +32,27 @@ class MiniBatchTotals:
     sequences: float  # responses
 
 
-def token_weights(mask: torch.Tensor, aggregation: LossAggregation, totals: MiniBatchTotals) -> torch.Tensor:
+def token_weights(
+    mask: torch.Tensor, aggregation: LossAggregation | KLAggregation, totals: MiniBatchTotals
+) -> torch.Tensor:
     """Per-token weights that turn a token sum into the mini-batch's aggregate loss.
 
     "token_mean": every response token of the mini-batch weighs 1 / tokens (the paper's and the official code's
-    aggregation: a long response moves the loss more than a short one). "sequence_mean": each response's
-    token-mean, averaged over the mini-batch's responses (weight 1 / (its length x responses); GRPO's original
-    aggregation, which gives every response the same say whatever its length).
+    aggregation of the policy loss: a long response moves the loss more than a short one). "sequence_mean": each
+    response's token-mean, averaged over the mini-batch's responses (weight 1 / (its length x responses); GRPO's
+    original aggregation, which gives every response the same say whatever its length). "sequence_sum": each
+    response's token sum, averaged over the responses (weight 1 / responses; the official code's KL term).
     """
     if aggregation == "token_mean":
         return mask / totals.tokens
     if aggregation == "sequence_mean":
         lengths = mask.sum(-1, keepdim=True).clamp(min=1.0)
         return mask / (lengths * totals.sequences)
-    raise ValueError(f"unknown loss aggregation {aggregation!r}; expected token_mean or sequence_mean")
+    if aggregation == "sequence_sum":
+        return mask / totals.sequences
+    raise ValueError(
+        f"unknown aggregation {aggregation!r}; expected token_mean, sequence_mean or sequence_sum"
+    )
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
@@ -64,30 +71,47 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimat
     raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
 
 
-def kl_loss_terms(
-    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-token KL penalty, per-token KL estimate): the penalty's gradient is an unbiased estimate of grad KL(pi || pi_ref).
+@dataclass(frozen=True)
+class KLPenalty:
+    """The KL-to-reference term of the loss: coef x aggregate over tokens of `kl_loss_terms` (algo.kl_* keys)."""
 
-    The tokens were sampled by pi_old. For k1 and k3 the value estimates the KL, but the gradient of the value
-    alone does not estimate the gradient of the KL (for k1 its expectation is 0): multiplying by the importance
-    ratio pi / pi_old (with gradient) adds the missing score-function term, and reweights correctly once pi has
-    moved away from pi_old in later epochs. k2's own gradient, E[log r * grad log pi], already equals grad KL
-    on-policy, so it is used as it is. The estimate (without the ratio) is what gets logged.
+    coef: float
+    estimator: KLEstimator = "k3"
+    gradient: KLGradient = "ratio_corrected"
+    clip: float | None = None  # per-token estimates clipped to [0, clip] in the loss (official: 10)
+
+
+def kl_loss_terms(
+    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, penalty: KLPenalty
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token KL penalty to put in the loss, per-token KL estimate to log).
+
+    The tokens were sampled by pi_old. "ratio_corrected": for k1 and k3 the value estimates KL(pi || pi_ref), but
+    the gradient of the value alone does not estimate that KL's gradient (for k1 its expectation is 0):
+    multiplying by the importance ratio pi / pi_old (with gradient) adds the missing score-function term and
+    reweights correctly once pi has moved from pi_old in later epochs, so the penalty's gradient is an unbiased
+    estimate of grad KL(pi || pi_ref). k2's own gradient, E[log r grad log pi], already equals it on-policy, so k2
+    is used as it is. "plain": the estimate itself, as the official code does; for k3 its expected gradient is
+    that of KL(pi_ref || pi), the reverse direction (for k1, zero). `clip` bounds the penalty's estimate to
+    [0, clip] first (the official code's clamp, whose gradient is 0 outside it); the logged estimate is unclipped.
     """
-    kl = kl_estimate(logp, ref_logp, estimator)
-    if estimator == "k2":
-        return kl, kl
-    return torch.exp(logp - old_logp) * kl, kl
+    kl = kl_estimate(logp, ref_logp, penalty.estimator)
+    bounded = kl if penalty.clip is None else kl.clamp(0.0, penalty.clip)
+    if penalty.gradient == "plain" or penalty.estimator == "k2":
+        return bounded, kl
+    if penalty.gradient != "ratio_corrected":
+        raise ValueError(f"unknown KL gradient {penalty.gradient!r}; expected ratio_corrected or plain")
+    return torch.exp(logp - old_logp) * bounded, kl
 
 
 @dataclass
 class PolicyLossOutput:
-    loss: torch.Tensor  # scalar to backpropagate: the weighted sum of pg + kl_coef * kl over tokens
-    pg_loss: torch.Tensor  # the same weighted sums, detached, for logging
-    kl: torch.Tensor  # weighted sum of the KL estimate (not of the ratio-weighted term)
+    loss: torch.Tensor  # scalar to backpropagate: the aggregate policy loss + coef x the aggregate KL penalty
+    pg_loss: torch.Tensor  # the policy loss's aggregate, detached, for logging
+    kl: torch.Tensor  # the KL estimate's aggregate (with the KL weights; not the ratio-weighted term)
     clip_fraction: torch.Tensor
     approx_kl: torch.Tensor  # k3 estimate of KL(pi_old || pi): how far this update has moved the policy
+    mean_ratio: torch.Tensor  # pi / pi_old averaged over the tokens (the ratio_threshold guard's measure)
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -101,38 +125,43 @@ def ppo_policy_loss(
     advantages: torch.Tensor,
     weights: torch.Tensor,
     clip_range: float,
-    kl_coef: float,
-    kl_estimator: KLEstimator = "k3",
+    kl: KLPenalty,
+    kl_weights: torch.Tensor | None = None,
 ) -> PolicyLossOutput:
-    """PPO clipped surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps)) plus kl_coef * KL penalty, summed over
-    tokens with `weights` (`token_weights`)."""
+    """PPO clipped surrogate max(-A rho, -A clip(rho, 1-eps, 1+eps)) summed over tokens with `weights`
+    (`token_weights`), plus kl.coef x the KL penalty summed with `kl_weights` (default: `weights`)."""
+    kl_weights = weights if kl_weights is None else kl_weights
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     pg = torch.maximum(unclipped, clipped)
-    kl_term, kl = kl_loss_terms(logp, old_logp, ref_logp, kl_estimator)
-    loss = masked_sum(pg + kl_coef * kl_term, weights)
+    kl_term, kl_value = kl_loss_terms(logp, old_logp, ref_logp, kl)
+    loss = masked_sum(pg, weights) + kl.coef * masked_sum(kl_term, kl_weights)
     with torch.no_grad():
+        mask = (weights != 0).float()
         return PolicyLossOutput(
             loss=loss,
             pg_loss=masked_sum(pg, weights),
-            kl=masked_sum(kl, weights),
+            kl=masked_sum(kl_value, kl_weights),
             clip_fraction=masked_sum((clipped > unclipped).float(), weights),
             approx_kl=masked_sum(ratio - 1.0 - log_ratio, weights),
+            mean_ratio=masked_sum(ratio, mask) / mask.sum().clamp(min=1.0),
         )
 
 
 def nll_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor, kl_coef: float,
-    kl_estimator: KLEstimator = "k3",
+    logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, weights: torch.Tensor, kl: KLPenalty,
+    kl_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Supervised fine-tuning on the given tokens, -log pi, plus kl_coef * the KL penalty of `kl_loss_terms`
-    (RestEM's loss); weighted sums over tokens. Returns (loss, the detached KL estimate's weighted sum)."""
-    kl_term, kl = kl_loss_terms(logp, old_logp, ref_logp, kl_estimator)
-    loss = masked_sum(-logp + kl_coef * kl_term, weights)
+    """Supervised fine-tuning on the given tokens, -log pi summed with `weights`, plus kl.coef x the KL penalty of
+    `kl_loss_terms` summed with `kl_weights` (default: `weights`) (RestEM's loss). Returns (loss, the detached
+    KL estimate's aggregate)."""
+    kl_weights = weights if kl_weights is None else kl_weights
+    kl_term, kl_value = kl_loss_terms(logp, old_logp, ref_logp, kl)
+    loss = masked_sum(-logp, weights) + kl.coef * masked_sum(kl_term, kl_weights)
     with torch.no_grad():
-        return loss, masked_sum(kl, weights)
+        return loss, masked_sum(kl_value, kl_weights)
 
 
 @dataclass

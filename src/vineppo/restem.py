@@ -20,7 +20,7 @@ import torch
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode
 from vineppo.losses import MiniBatchTotals, nll_loss, token_weights
-from vineppo.update import PreparedBatch, forward_logprobs, minibatch_steps, policy_stats
+from vineppo.update import PreparedBatch, forward_logprobs, kl_penalty, minibatch_steps, policy_stats
 
 CORRECT_REWARD = 1.0
 
@@ -44,8 +44,11 @@ def restem_update(
 
     def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp = forward_logprobs(trained, b.tokens, 1.0)
-        weights = token_weights(b.tokens.response_mask, algo.loss_aggregation, totals)
-        loss, kl = nll_loss(logp, b.old_logp, b.ref_logp, weights, algo.kl_coef, algo.kl_estimator)
+        mask = b.tokens.response_mask
+        loss, kl = nll_loss(
+            logp, b.old_logp, b.ref_logp, token_weights(mask, algo.loss_aggregation, totals), kl_penalty(algo),
+            token_weights(mask, algo.kl_aggregation, totals),
+        )
         return loss, {"loss/nll": loss.detach(), "loss/kl": kl}
 
     return policy_stats(minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step))

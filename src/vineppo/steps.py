@@ -76,16 +76,13 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
-def split_steps(token_texts: Sequence[str], max_steps: int | None = None) -> list[int]:
+def split_steps(token_texts: Sequence[str]) -> list[int]:
     """Token offsets at which each step starts: step i is tokens[starts[i]:starts[i+1]] (the last runs to the end).
 
     `token_texts[t]` is the text of token t (empty for special tokens); their concatenation is the response.
     The result starts with 0, is strictly increasing and every offset is < len(token_texts), so every step holds
-    at least one token; an empty response gives [0] (one empty step). With `max_steps`, steps after the first
-    `max_steps` are merged into the last kept one.
+    at least one token; an empty response gives [0] (one empty step).
     """
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
     text = "".join(token_texts)
     starts = [0]
     token, token_end = 0, len(token_texts[0]) if token_texts else 0
@@ -95,9 +92,16 @@ def split_steps(token_texts: Sequence[str], max_steps: int | None = None) -> lis
             token_end += len(token_texts[token])
         if token > starts[-1]:
             starts.append(token)
-    if max_steps is not None:
-        starts = starts[:max_steps]
     return starts
+
+
+def estimated_boundaries(num_steps: int, cap: int | None) -> int:
+    """How many step boundaries s_0, s_1, ... of a response with `num_steps` steps get a value estimate: all of
+    them, or s_0 .. s_cap, cap + 1 of them (the official `max_step_for_value_estimation`, PAPER-NOTES 3.2: 25
+    estimates 26 values on GSM8K)."""
+    if cap is not None and cap < 0:
+        raise ValueError(f"the cap on estimated step boundaries must be >= 0 or None, got {cap}")
+    return num_steps if cap is None else min(num_steps, cap + 1)
 
 
 def step_spans(starts: Sequence[int], num_tokens: int) -> list[tuple[int, int]]:

@@ -361,7 +361,7 @@ class Trainer:
         with self.bars.phase("MC rollouts", None) as bar:
             vine = vine_credit(
                 episodes, self.engine, self.task, self.decode, algo.k, self.sampling, algo.max_value_steps,
-                generator=generator, on_progress=bar.advance, on_total=bar.set_total,
+                algo.after_value_cap, generator=generator, on_progress=bar.advance, on_total=bar.set_total,
             )
         return {
             "value/states": vine.num_states,
@@ -394,7 +394,7 @@ class Trainer:
         with sharding.gathered(self.policy):
             batches, gap = prepare(
                 self.policy, self.reference, episodes, pad_id, tc.micro_batch_size, temperature,
-                algo.whiten_advantages, self.device,
+                algo.whitens and algo.whiten_scope == "iteration", self.device,
             )
         with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
             stats = ppo_update(*optimizer, batches, algo, tc, temperature, generator, on_step=bar.advance)

@@ -8,7 +8,7 @@ sampling temperature T, as the official code does (PAPER-NOTES 2.4).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -17,7 +17,7 @@ from vineppo import distributed, stepping
 from vineppo.config import AlgoConfig, ConfigError, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import (
-    MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
+    KLPenalty, MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
 from vineppo.stepping import NonFiniteError
 
@@ -50,7 +50,8 @@ def prepare(
     policy, reference, episodes: list[Episode], pad_id: int, micro_batch_size: int, temperature: float,
     whiten_advantages: bool, device: torch.device,
 ) -> tuple[list[PreparedBatch], dict[str, float]]:
-    """Collate micro-batches, compute old and reference log-probs, and whiten advantages over the iteration."""
+    """Collate micro-batches and compute old and reference log-probs; with `whiten_advantages`, whiten the
+    advantages over the iteration (algo.whiten_scope "iteration")."""
     was_training = policy.training
     policy.eval()
     batches, gap_sum, tokens_total = [], 0.0, 0.0
@@ -63,24 +64,30 @@ def prepare(
         batches.append(PreparedBatch(tokens, old_logp, ref_logp))
     policy.train(was_training)
     if whiten_advantages:
-        _whiten_across(batches)
+        batches = whitened(batches)
     return batches, {"logprob_gap/sampler_vs_trainer": gap_sum / max(tokens_total, 1.0)}
 
 
-def _whiten_across(batches: list[PreparedBatch]) -> None:
-    """Whiten advantages over every response token of the iteration (of every rank). The official code whitens
-    each mini-batch separately; whitening once makes the advantages independent of how the episodes are cut into
-    mini-batches and processes."""
+def whitened(batches: list[PreparedBatch]) -> list[PreparedBatch]:
+    """The micro-batches with their advantages whitened together: mean and std over all their response tokens,
+    and over the same call's micro-batches of every other rank (a collective: every rank calls it, with or
+    without micro-batches)."""
     if not batches and not distributed.active():
-        return
+        return batches
     flat_adv = torch.cat([b.tokens.advantages.flatten() for b in batches] or [torch.zeros(0)])
     flat_mask = torch.cat([b.tokens.response_mask.flatten() for b in batches] or [torch.zeros(0)])
     white = whiten(flat_adv, flat_mask, reduce=distributed.sum_over_ranks)
-    offset = 0
+    out, offset = [], 0
     for b in batches:
         n = b.tokens.advantages.numel()
-        b.tokens.advantages = white[offset : offset + n].view_as(b.tokens.advantages)
+        tokens = replace(b.tokens, advantages=white[offset : offset + n].view_as(b.tokens.advantages))
+        out.append(replace(b, tokens=tokens))
         offset += n
+    return out
+
+
+def kl_penalty(algo: AlgoConfig) -> KLPenalty:
+    return KLPenalty(algo.kl_coef, algo.kl_estimator, algo.kl_gradient, algo.kl_clip)
 
 
 MicroLoss = Callable[[Any, Any, MiniBatchTotals], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -103,7 +110,7 @@ def micro_batches_per_step(train: TrainConfig) -> int:
 
 def minibatch_steps(
     model, optimizer, scheduler, batches: list, train: TrainConfig, generator: torch.Generator,
-    micro_loss: MicroLoss, on_step=None,
+    micro_loss: MicroLoss, on_step=None, per_mini_batch: Callable[[list], list] | None = None,
 ) -> dict[str, float]:
     """`train.epochs` passes over the micro-batches in shuffled order, one clipped optimizer step per mini-batch.
 
@@ -114,6 +121,8 @@ def minibatch_steps(
     rank with the most micro-batches (RestEM and DPO+ keep different numbers of samples on each rank); a rank out
     of micro-batches contributes zero gradients (`vineppo.stepping`: with a sharded model, by backward passes of a
     zero loss).
+    `per_mini_batch(micro-batches)`, when given, turns each step's micro-batches into the ones to train on (every
+    rank calls it once per step, also with none: it may be a collective; PPO whitens advantages with it).
     Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last
     `lr`.
     """
@@ -127,6 +136,8 @@ def minibatch_steps(
         order = torch.randperm(len(batches), generator=generator).tolist()
         for first in range(0, steps_per_epoch * per_step, per_step):
             group = [batches[i] for i in order[first : first + per_step]]
+            if per_mini_batch is not None:
+                group = per_mini_batch(group)
             local = [sum(b.tokens.response_mask.sum().item() for b in group), sum(len(b.tokens.input_ids) for b in group)]
             tokens, sequences = distributed.sum_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
             totals = MiniBatchTotals(tokens=tokens, sequences=sequences)
@@ -160,22 +171,30 @@ def ppo_update(
     policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
     temperature: float, generator: torch.Generator, on_step=None,
 ) -> dict[str, float]:
-    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches."""
+    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches (whitening their
+    advantages per mini-batch under algo.whiten_scope "mini_batch"; `prepare` whitens the iteration's)."""
+    penalty = kl_penalty(algo)
 
     def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp, entropy = forward_logprobs(trained, b.tokens, temperature, with_entropy=True)
-        weights = token_weights(b.tokens.response_mask, algo.loss_aggregation, totals)
+        mask = b.tokens.response_mask
+        weights = token_weights(mask, algo.loss_aggregation, totals)
         out = ppo_policy_loss(
-            logp, b.old_logp, b.ref_logp, b.tokens.advantages, weights, algo.clip_range, algo.kl_coef,
-            algo.kl_estimator,
+            logp, b.old_logp, b.ref_logp, b.tokens.advantages, weights, algo.clip_range, penalty,
+            token_weights(mask, algo.kl_aggregation, totals),
         )
-        return out.loss, {
+        skipped = algo.ratio_threshold is not None and out.mean_ratio.item() > algo.ratio_threshold
+        return out.loss * (0.0 if skipped else 1.0), {
             "loss/policy": out.pg_loss, "loss/kl": out.kl, "loss/clipfrac": out.clip_fraction,
-            "loss/approx_kl": out.approx_kl,
+            "loss/approx_kl": out.approx_kl, "loss/skipped": torch.tensor(float(skipped)),
             "policy/entropy": (entropy * weights).sum(),
         }
 
-    return policy_stats(minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step))
+    per_mini_batch = whitened if algo.whitens and algo.whiten_scope == "mini_batch" else None
+    stats = minibatch_steps(
+        policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch
+    )
+    return policy_stats(stats)
 
 
 def policy_stats(stats: dict[str, float]) -> dict[str, float]:

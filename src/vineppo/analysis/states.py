@@ -17,7 +17,7 @@ from vineppo.credit.vine import mc_values
 from vineppo.critic import predict_values
 from vineppo.engine.base import Completion, Engine, ProgressCallback, SamplingParams
 from vineppo.episodes import Episode, collate
-from vineppo.steps import TokenTexts, split_steps
+from vineppo.steps import TokenTexts, estimated_boundaries, split_steps
 from vineppo.tasks.base import Problem, Task
 
 
@@ -52,15 +52,15 @@ def held_out_states(
     rng: random.Random,
     on_progress: ProgressCallback | None = None,
 ) -> HeldOutStates:
-    """One response per problem sampled with `params`, cut into steps as VinePPO cuts them (at most `max_steps`
-    boundaries, vineppo.credit.vine), and `count` of all their step boundaries drawn at random (all if fewer)."""
+    """One response per problem sampled with `params`, cut into steps as VinePPO cuts them (at most `max_steps` + 1
+    estimated boundaries, vineppo.steps.estimated_boundaries), and `count` of all their step boundaries drawn at random (all if fewer)."""
     prompts = [encode(p.prompt) for p in problems]
     completions = engine.generate(prompts, 1, params, generator=generator, on_progress=on_progress)
-    candidates = [
-        State(problem, prompt_ids, completion.token_ids[:start], step)
-        for problem, prompt_ids, (completion,) in zip(problems, prompts, completions)
-        for step, start in enumerate(split_steps(token_texts(completion.token_ids), max_steps))
-    ]
+    candidates = []
+    for problem, prompt_ids, (completion,) in zip(problems, prompts, completions):
+        starts = split_steps(token_texts(completion.token_ids))
+        for step, start in enumerate(starts[: estimated_boundaries(len(starts), max_steps)]):
+            candidates.append(State(problem, prompt_ids, completion.token_ids[:start], step))
     chosen = sorted(rng.sample(range(len(candidates)), min(count, len(candidates))))
     return HeldOutStates([candidates[i] for i in chosen], len(problems), len(candidates))
 

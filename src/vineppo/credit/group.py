@@ -4,8 +4,9 @@ The paper compares VinePPO with GRPO and RLOO, but their settings are not known 
 all other settings not found; that code was not released). What we choose, and why:
 - the group is the `samples_per_prompt` responses to one prompt of the iteration (`Episode.prompt_index`);
 - the episode's advantage goes to every one of its response tokens (outcome supervision, no per-step credit);
-- everything else is the VinePPO run unchanged: the same sampling, the same PPO-clip + KL update and the same
-  whitening of advantages over the iteration (`algo.whiten_advantages`), so the estimator is the only difference.
+- everything else is the VinePPO run unchanged (the same sampling, the same PPO-clip + KL update), except that
+  the advantages are not whitened across the batch by default (`AlgoConfig.whitens`): neither paper does, and
+  whitening would give a group whose rewards are all equal, advantage 0, -mean/std on every token.
 """
 
 from __future__ import annotations

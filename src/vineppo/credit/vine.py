@@ -7,9 +7,11 @@ so A_i = V(s_{i+1}) - V(s_i) for i < n-1 and A_{n-1} = R - V(s_{n-1}); every tok
 This is the official code's `_compute_step_advantages` (PAPER-NOTES 3.3). The KL penalty is not in the return:
 it is a loss term (vineppo.losses).
 
-Departure from the official code: with a cap on estimated boundaries (`max_value_steps`), the steps after the
-cap are merged into the last estimated step, so all their tokens share R - V(s_cap); the official code instead
-gives them advantage 0 and only the step at the cap R - V(s_cap).
+With a cap on estimated boundaries (`max_value_steps` = c), s_0 .. s_c are estimated (c + 1 values, as the
+official `max_step_for_value_estimation`). The steps after s_c, `after_value_cap`: "zero" fills their values with
+R as the official code does (V_i = r_i + V_{i+1}), so the step at the cap gets R - V(s_c) and every later step 0;
+"merge" (a departure) merges them into the step at the cap, so all their tokens share R - V(s_c) instead of
+learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
 a prompt, as in the official code.
@@ -18,13 +20,13 @@ a prompt, as in the official code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from vineppo.engine.base import Completion, Engine, SamplingParams
 from vineppo.episodes import Episode, grade_responses
-from vineppo.steps import TokenTexts, split_steps, step_spans
+from vineppo.steps import TokenTexts, estimated_boundaries, split_steps, step_spans
 from vineppo.tasks.base import Problem, Task
 
 
@@ -58,6 +60,7 @@ def vine_credit(
     k: int,
     params: SamplingParams,
     max_value_steps: int | None,
+    after_value_cap: Literal["merge", "zero"] = "merge",
     generator: torch.Generator | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
@@ -72,9 +75,11 @@ def vine_credit(
     requests: list[tuple[Episode, int]] = []  # (an episode holding that prefix, response tokens in the prefix)
     episode_states: list[list[int]] = []  # per episode, the request index of each of its step boundaries
     for episode in episodes:
-        episode.step_starts = split_steps(token_texts(episode.response_ids), max_value_steps)
+        starts = split_steps(token_texts(episode.response_ids))
+        estimated = starts[: estimated_boundaries(len(starts), max_value_steps)]
+        episode.step_starts = starts if after_value_cap == "zero" else estimated
         indices = []
-        for start in episode.step_starts:
+        for start in estimated:
             key = tuple(episode.prompt_ids + episode.response_ids[:start])
             if key not in states:
                 states[key] = len(requests)
@@ -89,7 +94,8 @@ def vine_credit(
         params, generator, on_progress,
     )
     for episode, indices in zip(episodes, episode_states):
-        episode.step_values = [rollouts.values[i] for i in indices]
+        unestimated = len(episode.step_starts) - len(indices)  # after the cap, "zero": V = R
+        episode.step_values = [rollouts.values[i] for i in indices] + [episode.reward] * unestimated
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
     return VineStats(num_states=len(requests), mc_tokens=rollouts.tokens, mc_unparsed=rollouts.unparsed)

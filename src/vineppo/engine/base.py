@@ -26,7 +26,8 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     """Strings that end a completion like eos does (e.g. the plain prompt format's "\n\n\nProblem:", where a model
-    would start a new problem); the completion keeps the tokens that produced the string."""
+    would start a new problem). The completion then ends as the official code records it: without the stop
+    string, with eos appended (`end_at_stop_string`)."""
 
     @property
     def greedy(self) -> bool:
@@ -37,7 +38,7 @@ class SamplingParams:
 class Completion:
     """One sampled continuation of a prefix.
 
-    token_ids: the generated tokens; ends with eos or a stop string when finish_reason == "stop".
+    token_ids: the generated tokens; ends with eos when finish_reason == "stop" (a stop string is replaced by eos).
     logprobs: log-prob of each generated token under the policy's temperature-scaled distribution
         softmax(logits / T) (T = 1 for greedy), before top-p truncation: the same quantity the trainer's
         forward pass recomputes.
@@ -47,6 +48,30 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: Literal["stop", "length"]
+
+
+def end_at_stop_string(
+    completion: Completion, stops: Sequence[str], token_texts: Callable[[list[int]], list[str]], eos_token_id: int
+) -> Completion:
+    """A completion that ended on a stop string, recorded as the official code records it (PAPER-NOTES 2.3:
+    the stop string removed, eos appended): the tokens from the first one that lies wholly in or after the stop
+    string are dropped (a token holding text before the stop string stays, so no answer text is lost) and eos
+    is appended, with a sampler log-prob of 0 (it was not sampled; the trainer recomputes its own). Kept, a stop
+    string would become a step of its own whose MC rollouts cannot stop (the engines watch generated text only)
+    and run on into a new problem. Other completions are returned unchanged. `token_texts(ids)`: each id's text.
+    """
+    if completion.finish_reason != "stop" or not stops:
+        return completion
+    texts = token_texts(completion.token_ids)
+    text = "".join(texts)
+    found = [text.find(stop) for stop in stops if stop in text]
+    if not found:
+        return completion
+    cut, kept, offset = min(found), 0, 0
+    while kept < len(texts) and offset < cut:
+        offset += len(texts[kept])
+        kept += 1
+    return Completion(completion.token_ids[:kept] + [eos_token_id], completion.logprobs[:kept] + [0.0], "stop")
 
 
 def checked_budgets(

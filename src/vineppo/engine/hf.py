@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets
+from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string
 from vineppo.steps import TokenTexts
 
 
@@ -205,10 +205,13 @@ class HFEngine:
         token_rows = tokens[:, :steps].tolist()
         logprob_rows = logprobs[:, :steps].tolist()
         stop_rows = at_eos.tolist()
-        return [
+        completions = [
             Completion(token_rows[r][:length], logprob_rows[r][:length], "stop" if stop_rows[r] else "length")
             for r, length in enumerate(lengths.tolist())
         ]
+        if stop_texts is None:
+            return completions
+        return [end_at_stop_string(c, params.stop, self.token_texts, self.eos_token_id) for c in completions]
 
 
 class _InPlaceLayer:

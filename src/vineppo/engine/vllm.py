@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import torch
 
-from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets
+from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string
+from vineppo.steps import TokenTexts
 
 
 class VLLMMissingError(ImportError):
@@ -64,6 +65,7 @@ class VLLMEngine:
         )
         self.policy = policy
         self.eos_token_id = int(tokenizer.eos_token_id)
+        self.token_texts = TokenTexts(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else tokenizer.eos_token_id)
         self.max_context = self.llm.llm_engine.model_config.max_model_len
@@ -99,7 +101,11 @@ class VLLMEngine:
         sampling = [self.sampling_params(n, params, budget, None if seed is None else seed + i * n)
                     for i, budget in enumerate(budgets)]
         outputs = self.llm.generate(requests, sampling_params=sampling, use_tqdm=False)
-        results = [[completion_of(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
+        results = [
+            [end_at_stop_string(completion_of(o), params.stop, self.token_texts, self.eos_token_id)
+             for o in sorted(out.outputs, key=lambda o: o.index)]
+            for out in outputs
+        ]
         if on_progress is not None:
             on_progress(len(prefixes))
         return results
