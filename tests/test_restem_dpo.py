@@ -1,7 +1,9 @@
 """RestEM and DPO+: their losses by hand, sample selection and pairing, the schedule catch-up, short runs."""
 
+import json
 import math
 import random
+from collections import defaultdict
 
 import pytest
 import torch
@@ -107,7 +109,7 @@ def test_catch_up_moves_the_schedule_to_the_iteration_boundary():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["restem", "dpo_plus"])
-def test_two_iterations_run_and_log_their_update(algorithm_runs, name):
+def test_two_iterations_run_and_log_their_update(algorithm_runs, name, tmp_path_factory):
     records, vine = algorithm_runs[name], algorithm_runs["vineppo"]
     assert [r["iteration"] for r in records] == [0, 1, 2]
     assert records[0]["eval/accuracy"] == vine[0]["eval/accuracy"]  # the same SFT model
@@ -119,6 +121,13 @@ def test_two_iterations_run_and_log_their_update(algorithm_runs, name):
     if name == "restem":
         assert 0.0 <= first["restem/kept"] <= 1.0
         assert first["restem/kept"] == pytest.approx(first["train/accuracy"])  # the cap of 10 never binds here
-    else:
-        assert first["dpo/pairs"] >= 0
+    else:  # one pair per correct/incorrect couple within a prompt's samples: sum of min(correct, wrong)
+        samples = [json.loads(line) for line in (tmp_path_factory.getbasetemp() / f"run-{name}" / "samples.jsonl").read_text().splitlines()]
+        by_prompt = defaultdict(list)
+        for sample in samples:
+            if sample["iteration"] == 1:
+                by_prompt[sample["prompt"]].append(sample["reward"] >= 1.0)
+        assert sum(len(v) for v in by_prompt.values()) == 8  # every sample of the iteration was logged
+        expected = sum(min(sum(v), len(v) - sum(v)) for v in by_prompt.values())
+        assert first["dpo/pairs"] == expected
         assert "advantage/mean" in first

@@ -59,6 +59,23 @@ def test_bad_config_exits_2_with_one_line(capsys):
     assert "algo.k" in err and "greater than or equal to 1" in err and "Traceback" not in err
 
 
+def test_the_tiny_model_on_another_task_is_a_one_line_error_naming_model_path(tmp_path, capsys):
+    assert main(["train", "task.name=gsm8k", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.path" in err and "task.name=gsm8k" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_stopped_by_a_missing_model_leaves_no_run_directory(tmp_path, capsys):
+    assert main(["train", "model.path=/nonexistent", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "/nonexistent' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a directory the user made is left alone
+    assert main(["train", "model.path=/nonexistent", "--run-dir", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_unwritable_run_dir_fails_before_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

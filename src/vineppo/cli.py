@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -167,10 +168,17 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
         if (run_dir / CONFIG_FILE).exists():
             raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --run-dir")
+    created = not run_dir.exists()
     _prepare_run_dir(run_dir)
     distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     console.print(f"run directory: {run_dir}")
-    summary = Trainer(cfg, run_dir, console, resume=bool(args.resume)).train()
+    try:
+        trainer = Trainer(cfg, run_dir, console, resume=bool(args.resume))
+    except BaseException:
+        if created and distributed.is_main():  # nothing was trained: leave no empty run directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    summary = trainer.train()
     if not distributed.is_main():
         return
     minutes = (time.perf_counter() - started) / 60
