@@ -157,8 +157,8 @@ def test_a_micro_batch_above_the_ratio_threshold_contributes_no_gradient(model):
     from vineppo.update import forward_logprobs
 
     old_policy = copy.deepcopy(model)
-    batches, _ = prepare(old_policy, old_policy, episodes(), pad_id=0, micro_batch_size=2, temperature=1.0,
-                         whiten_advantages=False, device=torch.device("cpu"))
+    batches, _ = prepare(old_policy, old_policy, episodes(), pad_id=0, micro_batch_size=1, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))  # a micro-batch = an episode
     moved = copy.deepcopy(model)
     with torch.no_grad():
         for p in moved.parameters():
@@ -168,7 +168,7 @@ def test_a_micro_batch_above_the_ratio_threshold_contributes_no_gradient(model):
             ratio = torch.exp(forward_logprobs(moved, b.tokens, 1.0) - b.old_logp)
             ratios.append(((ratio * b.tokens.response_mask).sum() / b.tokens.response_mask.sum()).item())
     threshold = sorted(ratios)[len(ratios) // 2]  # about half the micro-batches above it
-    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=2,
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=1,
                         epochs=1, max_grad_norm=1e9)
 
     def update(algo):
@@ -194,3 +194,48 @@ def test_group_baselines_are_not_whitened_unless_asked():
     assert not AlgoConfig(name="grpo").whitens and not AlgoConfig(name="rloo").whitens
     assert AlgoConfig(name="grpo", whiten_advantages=True).whitens
     assert not AlgoConfig(name="vineppo", whiten_advantages=False).whitens
+
+
+def test_each_epoch_draws_its_mini_batches_from_shuffled_episodes(model):
+    """The official trainer shuffles episodes, not fixed micro-batches: each epoch visits every episode once, in
+    mini-batches whose make-up changes from epoch to epoch, and micro-batches are recombined from episodes."""
+    from vineppo.update import minibatch_steps
+
+    policy = copy.deepcopy(model)
+    eps = episodes()
+    batches, _ = prepare(policy, policy, eps, pad_id=0, micro_batch_size=2, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=4, micro_batch_size=2,
+                        epochs=2)
+    seen = []  # per micro-batch, the episodes (by index) it holds
+
+    def micro_loss(trained, b, totals):
+        rows = []
+        for ids, mask in zip(b.tokens.input_ids.tolist(), b.tokens.attention_mask.tolist()):
+            rows.append(next(i for i, e in enumerate(eps) if ids[: sum(mask)] == e.prompt_ids + e.response_ids))
+        seen.append(rows)
+        return (trained.model.embed_tokens.weight * 0).sum(), {}
+
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    minibatch_steps(policy, optimizer, scheduler, batches, train, torch.Generator().manual_seed(0), micro_loss)
+    epochs = [sorted(i for micro in seen[e * 4 : e * 4 + 4] for i in micro) for e in range(2)]
+    assert epochs == [list(range(8))] * 2  # every episode once per epoch
+    steps = [frozenset(seen[s][0:2] + seen[s + 1][0:2]) for s in range(0, 8, 2)]
+    assert {steps[0], steps[1]} != {steps[2], steps[3]}  # epoch 2 regroups them
+    prepared = {frozenset((2 * j, 2 * j + 1)) for j in range(4)}  # how prepare cut the micro-batches
+    assert any(frozenset(micro) not in prepared for micro in seen)
+
+
+def test_split_rows_and_join_rows_round_trip(model):
+    from vineppo.episodes import join_rows, split_rows
+
+    policy = copy.deepcopy(model)
+    (batch,), _ = prepare(policy, policy, episodes(4), pad_id=0, micro_batch_size=4, temperature=1.0,
+                          whiten_advantages=False, device=torch.device("cpu"))
+    rows = split_rows(batch)
+    assert len(rows) == 4 and [r.tokens.input_ids.shape[1] for r in rows] == batch.tokens.attention_mask.sum(-1).tolist()
+    joined = join_rows(rows)
+    for name in ("input_ids", "attention_mask", "response_mask", "advantages", "sample_logprobs"):
+        assert torch.equal(getattr(joined.tokens, name), getattr(batch.tokens, name)), name
+    assert torch.equal(joined.old_logp * joined.tokens.response_mask, batch.old_logp * batch.tokens.response_mask)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import torch
 
@@ -84,3 +84,55 @@ def collate(episodes: list[Episode], pad_id: int) -> TokenBatch:
         if episode.advantages:
             advantages[row, response] = torch.tensor(episode.advantages)
     return TokenBatch(input_ids, attention_mask, response_mask, advantages, sample_logprobs)
+
+
+def split_rows(batch) -> list:
+    """One batch per row of `batch`: a dataclass whose fields are [B, ...] tensors or such dataclasses (a
+    TokenBatch and what rides along with it), each row trimmed to its own length (its attention mask's count of
+    tokens; per-token tensors, which have one column fewer, one shorter; a nested dataclass by its own mask).
+    `join_rows` puts rows back together."""
+    return [_row(batch, i) for i in range(len(_first_tensor(batch)))]
+
+
+def _first_tensor(batch) -> torch.Tensor:
+    value = getattr(batch, fields(batch)[0].name)
+    return _first_tensor(value) if is_dataclass(value) else value
+
+
+def join_rows(batches: list):
+    """Batches of one type (rows of `split_rows`, or whole batches) stacked into one, each right-padded with 0 to
+    the longest: padding is masked out (attention mask, response mask) wherever it could matter."""
+    first = batches[0]
+    return replace(first, **{
+        f.name: (join_rows([getattr(b, f.name) for b in batches]) if is_dataclass(getattr(first, f.name))
+                 else _pad_cat([getattr(b, f.name) for b in batches]))
+        for f in fields(first)
+    })
+
+
+def _attention(batch) -> torch.Tensor:
+    if isinstance(batch, TokenBatch):
+        return batch.attention_mask
+    return next(_attention(getattr(batch, f.name)) for f in fields(batch) if is_dataclass(getattr(batch, f.name)))
+
+
+def _row(batch, i: int):
+    values = {}
+    for f in fields(batch):
+        value = getattr(batch, f.name)
+        if is_dataclass(value):
+            values[f.name] = _row(value, i)
+        elif value.dim() == 1:
+            values[f.name] = value[i : i + 1]
+        else:  # [B, T] or [B, T-1], aligned with this batch's tokens
+            attention = _attention(batch)
+            length = int(attention[i].sum())
+            values[f.name] = value[i : i + 1, : length - (attention.shape[1] - value.shape[1])]
+    return replace(batch, **values)
+
+
+def _pad_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if tensors[0].dim() == 1:
+        return torch.cat(tensors)
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from vineppo.config import AlgoConfig, TrainConfig
-from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt
+from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt, join_rows
 from vineppo.losses import MiniBatchTotals, dpo_plus_loss
 from vineppo.restem import CORRECT_REWARD
 from vineppo.update import forward_logprobs, minibatch_steps, policy_stats
@@ -29,11 +29,27 @@ from vineppo.update import forward_logprobs, minibatch_steps, policy_stats
 
 @dataclass
 class PairBatch:
-    """A micro-batch of P pairs: rows 0..P-1 of `tokens` are the chosen responses, rows P..2P-1 the rejected
-    ones in the same order."""
+    """A micro-batch of P pairs: the chosen (correct) and rejected responses, row by row, with their sequence
+    log-probs under the reference model."""
 
-    tokens: TokenBatch
-    ref_logp: torch.Tensor  # [2P] sequence log-probs under the reference model
+    chosen: TokenBatch
+    rejected: TokenBatch
+    chosen_ref_logp: torch.Tensor  # [P]
+    rejected_ref_logp: torch.Tensor  # [P]
+
+    @property
+    def tokens(self) -> TokenBatch:
+        """Rows 0..P-1 the chosen responses, P..2P-1 the rejected ones (one forward pass for both)."""
+        return join_rows([self.chosen, self.rejected])
+
+    @property
+    def ref_logp(self) -> torch.Tensor:
+        return torch.cat([self.chosen_ref_logp, self.rejected_ref_logp])
+
+
+def pairs_per_micro_batch(train: TrainConfig) -> int:
+    """A micro-batch of DPO+ holds half as many pairs as `train.micro_batch_size` (two responses each)."""
+    return max(1, train.micro_batch_size // 2)
 
 
 def make_pairs(episodes: list[Episode], rng: random.Random) -> list[tuple[Episode, Episode]]:
@@ -55,14 +71,16 @@ def sequence_logprobs(model, tokens: TokenBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def prepare_pairs(
-    reference, pairs: list[tuple[Episode, Episode]], pad_id: int, micro_batch_size: int, device: torch.device
+    reference, pairs: list[tuple[Episode, Episode]], pad_id: int, per_batch: int, device: torch.device
 ) -> list[PairBatch]:
-    per_batch = max(1, micro_batch_size // 2)
+    """Micro-batches of `per_batch` pairs (`pairs_per_micro_batch`) with the reference's sequence log-probs."""
     batches = []
     for first in range(0, len(pairs), per_batch):
         chunk = pairs[first : first + per_batch]
-        tokens = collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id).to(device)
-        batches.append(PairBatch(tokens, sequence_logprobs(reference, tokens)))
+        chosen = collate([c for c, _ in chunk], pad_id).to(device)
+        rejected = collate([r for _, r in chunk], pad_id).to(device)
+        batches.append(PairBatch(chosen, rejected, sequence_logprobs(reference, chosen),
+                                 sequence_logprobs(reference, rejected)))
     return batches
 
 
@@ -85,4 +103,6 @@ def dpo_plus_update(
             "dpo/chosen_drop": out.chosen_drop.sum() / num_pairs,
         }
 
-    return policy_stats(minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step))
+    stats = minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step,
+                            rows_per_micro_batch=pairs_per_micro_batch(train))
+    return policy_stats(stats)

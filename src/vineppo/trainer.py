@@ -53,7 +53,7 @@ from vineppo.models import (
     load_value_model,
     resolve_device,
 )
-from vineppo.preference import dpo_plus_update, make_pairs, prepare_pairs
+from vineppo.preference import dpo_plus_update, make_pairs, pairs_per_micro_batch, prepare_pairs
 from vineppo.progress import Bars
 from vineppo.report.samples import episode_record
 from vineppo.restem import restem_update, select_correct
@@ -386,7 +386,7 @@ class Trainer:
             return {**stats, "restem/kept": len(kept) / len(episodes)}
         if algo.name == "dpo_plus":
             pairs = make_pairs(episodes, random.Random(seed))
-            batches = prepare_pairs(self.reference, pairs, pad_id, tc.micro_batch_size, self.device)
+            batches = prepare_pairs(self.reference, pairs, pad_id, pairs_per_micro_batch(tc), self.device)
             with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
                 stats = dpo_plus_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
             return {**stats, "dpo/pairs": len(pairs)}

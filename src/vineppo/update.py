@@ -15,7 +15,7 @@ import torch
 
 from vineppo import distributed, stepping
 from vineppo.config import AlgoConfig, ConfigError, TrainConfig
-from vineppo.episodes import Episode, TokenBatch, collate
+from vineppo.episodes import Episode, TokenBatch, collate, join_rows, split_rows
 from vineppo.losses import (
     KLPenalty, MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
@@ -111,8 +111,12 @@ def micro_batches_per_step(train: TrainConfig) -> int:
 def minibatch_steps(
     model, optimizer, scheduler, batches: list, train: TrainConfig, generator: torch.Generator,
     micro_loss: MicroLoss, on_step=None, per_mini_batch: Callable[[list], list] | None = None,
+    rows_per_micro_batch: int | None = None,
 ) -> dict[str, float]:
-    """`train.epochs` passes over the micro-batches in shuffled order, one clipped optimizer step per mini-batch.
+    """`train.epochs` passes over the rows of `batches` (episodes; DPO+'s pairs) in shuffled order, one clipped
+    optimizer step per mini-batch: each epoch draws this rank's share of every mini-batch from the shuffled rows
+    and cuts it into micro-batches of `rows_per_micro_batch` rows (default `train.micro_batch_size`), as the
+    official trainer draws mini-batches from shuffled episodes.
 
     Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses; over
     every rank of a data-parallel run), so accumulating the micro-batch gradients, and summing them over the
@@ -127,15 +131,19 @@ def minibatch_steps(
     `lr`.
     """
     per_step = micro_batches_per_step(train)
-    steps_per_epoch = distributed.max_over_ranks(math.ceil(len(batches) / per_step))
+    micro = rows_per_micro_batch or train.micro_batch_size
+    rows = [row for batch in batches for row in split_rows(batch)]
+    rows_per_step = per_step * micro
+    steps_per_epoch = distributed.max_over_ranks(math.ceil(len(rows) / rows_per_step))
     gradients = stepping.for_model(model, optimizer, train.max_grad_norm)
     sums: dict[str, float] = {}
     steps = 0
     model.train()
     for _ in range(train.epochs):
-        order = torch.randperm(len(batches), generator=generator).tolist()
-        for first in range(0, steps_per_epoch * per_step, per_step):
-            group = [batches[i] for i in order[first : first + per_step]]
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        for first in range(0, steps_per_epoch * rows_per_step, rows_per_step):
+            drawn = [rows[i] for i in order[first : first + rows_per_step]]
+            group = [join_rows(drawn[j : j + micro]) for j in range(0, len(drawn), micro)]
             if per_mini_batch is not None:
                 group = per_mini_batch(group)
             local = [sum(b.tokens.response_mask.sum().item() for b in group), sum(len(b.tokens.input_ids) for b in group)]
