@@ -52,24 +52,40 @@ def test_requests_carry_the_sampling_settings_and_completions_their_log_probs(sf
     assert llm.args["enable_prefix_caching"] is True and llm.args["logprobs_mode"] == "processed_logprobs"
     assert llm.args["gpu_memory_utilization"] == 0.3 and "distributed_executor_backend" not in llm.args
     prefixes = [tokenizer("3+4=").input_ids, tokenizer("12-5=7;").input_ids]
-    params = SamplingParams(temperature=0.7, top_p=1.0, max_new_tokens=12, stop=(";",))
+    params = SamplingParams(temperature=0.7, top_p=0.8, max_new_tokens=12, stop=("\n",))
     out = engine.generate(prefixes, 3, params, generator=torch.Generator().manual_seed(1), budgets=[5, 9])
 
     sent = [p for _, p in llm.requests]
     assert [p.max_tokens for p in sent] == [5, 9] and all(p.n == 3 and p.logprobs == 0 for p in sent)
-    assert all(p.stop == [";"] and p.include_stop_str_in_output and p.temperature == 0.7 for p in sent)
+    assert all(p.stop == ["\n"] and p.include_stop_str_in_output and p.temperature == 0.7 for p in sent)
     assert sent[0].seed != sent[1].seed  # each request its own seed (vLLM adds the sample index)
     assert [len(group) for group in out] == [3, 3]
-    for prefix, group, budget in zip(prefixes, out, [5, 9]):
-        for completion in group:
-            assert 1 <= len(completion.token_ids) <= budget
+    ended_on_stop = differs_from_unprocessed = 0
+    for prefix, group, budget, answered in zip(prefixes, out, [5, 9], llm.answered):
+        for completion, raw in zip(group, answered.outputs):
+            assert 1 <= len(completion.token_ids) <= budget + 1
             assert len(completion.logprobs) == len(completion.token_ids)
-            assert completion.finish_reason == "stop" or len(completion.token_ids) == budget
-            ids = torch.tensor([prefix + completion.token_ids])
+            sampled, sampled_logprobs = completion.token_ids, completion.logprobs
+            if raw.stop_reason == "\n":  # recorded without the stop string, eos appended
+                assert "\n" not in tokenizer.decode(sampled) and completion.finish_reason == "stop"
+                assert sampled[-1] == tokenizer.eos_token_id and sampled_logprobs[-1] == 0.0
+                assert sampled[:-1] == raw.token_ids[: len(sampled) - 1]
+                sampled, sampled_logprobs = sampled[:-1], sampled_logprobs[:-1]
+                ended_on_stop += 1
+            else:
+                assert sampled == raw.token_ids
+                assert completion.finish_reason == "stop" or len(sampled) == budget
+            # the sampled tokens' log-probs as vLLM reports them (renormalised over the top-p nucleus), not the
+            # most likely token's the stand-in lists first
+            processed = fake_vllm.processed_logprobs(policy, prefix, sampled, fake_vllm.SamplingParams(
+                temperature=0.7, top_p=0.8)).gather(1, torch.tensor(sampled)[:, None])[:, 0]
+            assert torch.allclose(processed, torch.tensor(sampled_logprobs), atol=1e-4)
+            ids = torch.tensor([prefix + sampled])
             mask = torch.zeros_like(ids, dtype=torch.float)
-            tokens = TokenBatch(ids, torch.ones_like(ids), mask, mask, mask)
-            recomputed = forward_logprobs(policy, tokens, 0.7)[0, len(prefix) - 1 :]
-            assert torch.allclose(recomputed, torch.tensor(completion.logprobs), atol=1e-4)  # the sampled tokens'
+            unprocessed = forward_logprobs(policy, TokenBatch(ids, torch.ones_like(ids), mask, mask, mask), 0.7)
+            differs_from_unprocessed += not torch.allclose(unprocessed[0, len(prefix) - 1 :], processed, atol=1e-4)
+    assert differs_from_unprocessed > 0  # the test can tell vLLM's log-probs from the HF engine's
+    assert ended_on_stop > 0
 
 
 def test_sync_weights_loads_the_policys_weights_in_place_and_drops_the_prefix_cache(sft_model, with_fake_vllm):
