@@ -211,3 +211,39 @@ def test_analyze_values_of_a_tiny_ppo_run(tmp_path, capsys):
     assert "states must be >= 1" in capsys.readouterr().err
     assert main(["analyze", "values", "--run", str(tmp_path / "missing")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_analysis_samples_as_a_chat_format_gsm8k_run_does(tmp_path, capsys):
+    """The analysis builds the task (prompt format, stop strings) and the engine as the run did (vineppo.setup):
+    a chat-format GSM8K run is analysed, where building the task without the model's chat template failed."""
+    import string
+    from pathlib import Path
+
+    from transformers import LlamaForCausalLM
+
+    fixtures = Path(__file__).parent / "fixtures"
+    tokenizer = build_char_tokenizer(string.printable + "\u2019")
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=32, max_position_embeddings=1024))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    run = tmp_path / "run"
+    overrides = [
+        f"model.path={tmp_path / 'model'}", "task.name=gsm8k", "task.gsm8k.prompt_format=chat",
+        f"task.gsm8k.train_source={fixtures / 'gsm8k_train4.jsonl'}",
+        f"task.gsm8k.test_source={fixtures / 'gsm8k_test2.jsonl'}", "engine.max_new_tokens=6", "algo.k=2",
+        "train.iterations=1", "train.prompts_per_iteration=2", "train.samples_per_prompt=2",
+        "train.mini_batch_size=4", "train.micro_batch_size=2", "logging.progress=false",
+    ]
+    assert main(["train", "--run-dir", str(run), *overrides]) == 0
+    capsys.readouterr()
+    assert main(["analyze", "values", "--run", str(run), "--states", "2", "--ground-truth-rollouts", "2",
+                 "--k", "2"]) == 0
+    result = json.loads((run / "analysis" / "values.json").read_text())
+    assert result["counts"]["states"] == 2 and result["counts"]["test_responses"] == 2

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -26,24 +27,19 @@ from vineppo.bench.compare import compare
 from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, load_config
 from vineppo.data import DataError
-from vineppo.engine.base import ContextLengthError, SamplingParams
-from vineppo.engine import build_engine
+from vineppo.engine.base import ContextLengthError
 from vineppo.engine.vllm import VLLMMissingError
 from vineppo.evaluate import evaluate_greedy, evaluate_sampled, sampled_metrics
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
     ModelLoadError,
-    TextCodec,
-    chat_template_of,
-    load_model,
-    load_tokenizer,
     resolve_device,
 )
 from vineppo.progress import Bars
 from vineppo.report.page import write_report
 from vineppo.runlog import WandbMissingError
+from vineppo.setup import build_setup
 from vineppo.sft import ensure_sft_model
-from vineppo.tasks import build_task
 from vineppo.trainer import CONFIG_FILE, Trainer, TrainingError
 
 USAGE_ERROR = 2
@@ -205,16 +201,11 @@ def _evaluate(
 ) -> tuple[dict[str, float], list[dict]]:
     """Greedy metrics and, with `samples` > 0, pass@1 / pass@k / maj@k from that many samples per problem
     (top-p engine.top_p); returns the metrics and the per-problem sampled results."""
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    task = build_task(cfg.task, chat_template_of(tokenizer))
     device = resolve_device(cfg.model.device)
-    # vLLM loads the weights itself; a second copy in PyTorch would only take GPU memory
-    model = None if cfg.engine.name == "vllm" else load_model(model_path, cfg.model.dtype, device, cfg.model.trust_remote_code)
-    engine = build_engine(cfg, model, tokenizer, model_path)
+    setup = build_setup(cfg, model_path, device)  # beside vLLM, no second copy of the weights in PyTorch
+    task, engine = setup.task, setup.engine
     problems = task.test_problems()
-
-    codec = TextCodec(tokenizer)
-    encode, decode = codec.encode, codec.decode
+    encode, decode = setup.codec.encode, setup.codec.decode
     per_problem: list[dict] = []
     with Bars(console, cfg.logging.progress) as bars:
         with bars.phase("eval (greedy)", len(problems)) as bar:
@@ -222,7 +213,7 @@ def _evaluate(
                 engine, encode, decode, task, problems, cfg.engine.max_new_tokens, on_progress=bar.advance
             )
         if samples:
-            params = SamplingParams(temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, task.stop_sequences)
+            params = replace(setup.rollouts, temperature=temperature)
             generator = torch.Generator(device=device).manual_seed(seed)
             with bars.phase(f"eval ({samples} samples, T = {temperature})", len(problems)) as bar:
                 results = evaluate_sampled(

@@ -39,17 +39,12 @@ from vineppo.config import Config, ConfigError, config_to_yaml
 from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
 from vineppo.credit.vine import vine_credit
 from vineppo.critic import Critic
-from vineppo.engine.base import SamplingParams
-from vineppo.engine import build_engine
 from vineppo.episodes import Episode, grade_responses
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
-    TextCodec,
-    chat_template_of,
     enable_activation_checkpointing,
     load_model,
-    load_tokenizer,
     load_value_model,
     resolve_device,
 )
@@ -59,7 +54,7 @@ from vineppo.report.samples import episode_record
 from vineppo.restem import restem_update, select_correct
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
-from vineppo.tasks import build_task
+from vineppo.setup import build_setup
 from vineppo.tasks.base import Problem
 from vineppo.stepping import NonFiniteError
 from vineppo.update import micro_batches_per_step, ppo_update, prepare
@@ -145,21 +140,21 @@ class Trainer:
         resumed = load_latest(self.run_dir) if resume else None
         policy_path = str(resumed.policy_dir) if resumed else init_path
         mc = cfg.model
-        self.tokenizer = load_tokenizer(policy_path, mc.trust_remote_code)
-        codec = TextCodec(self.tokenizer)
-        self.encode, self.decode = codec.encode, codec.decode
-        self.task = build_task(cfg.task, chat_template_of(self.tokenizer))
-        self.train_set = self.task.train_problems()
-        self.test_set = self.task.test_problems()
-        self.policy = load_model(policy_path, mc.dtype, self.device, mc.trust_remote_code)
-        self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
-        self.reference.requires_grad_(False).eval()
         # an accelerate FSDP or DeepSpeed config shards the policy and the value network (vineppo.sharding, .zero)
         self.shard_settings = sharding.settings_from_env() if distributed.active() else None
         if self.shard_settings and cfg.engine.name == "vllm":
             raise ConfigError(
                 "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
             )
+        rank = distributed.rank() if distributed.active() else None
+        setup = build_setup(cfg, policy_path, self.device, trained=True, rank=rank)
+        self.tokenizer, self.task, self.policy, self.engine = setup.tokenizer, setup.task, setup.model, setup.engine
+        self.encode, self.decode = setup.codec.encode, setup.codec.decode
+        self.sampling = setup.rollouts
+        self.train_set = self.task.train_problems()
+        self.test_set = self.task.test_problems()
+        self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
+        self.reference.requires_grad_(False).eval()
         settings = self.shard_settings
         fsdp_checkpointing = isinstance(settings, sharding.FSDPSettings) and settings.activation_checkpointing
         checkpointing = mc.gradient_checkpointing or fsdp_checkpointing
@@ -167,11 +162,6 @@ class Trainer:
             enable_activation_checkpointing(self.policy)
         tc = cfg.train
         self.optimizer, self.scheduler = self.distribute(self.policy, tc.lr)
-        rank = distributed.rank() if distributed.active() else None
-        self.engine = build_engine(cfg, self.policy, self.tokenizer, policy_path, rank)
-        self.sampling = SamplingParams(
-            cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, self.task.stop_sequences
-        )
 
         self.critic: Critic | None = None
         if cfg.algo.name == "ppo":

@@ -48,12 +48,10 @@ from vineppo.analysis.stats import (
 )
 from vineppo.checkpoint import Resumed, load_latest
 from vineppo.config import load_config
-from vineppo.engine.base import SamplingParams
-from vineppo.engine.hf import HFEngine
-from vineppo.models import TextCodec, load_model, load_tokenizer, load_value_model, resolve_device
+from vineppo.models import load_value_model, resolve_device
 from vineppo.progress import Bars
 from vineppo.steps import TokenTexts
-from vineppo.tasks import build_task
+from vineppo.setup import build_setup
 from vineppo.trainer import CONFIG_FILE
 
 MC, VALUE_NETWORK = "mc", "value_network"
@@ -109,13 +107,10 @@ def analyze_values(
     k = settings.k or cfg.algo.k
     device = resolve_device(cfg.model.device)
     model_cfg = cfg.model
-    tokenizer = load_tokenizer(checkpoint.policy_dir, model_cfg.trust_remote_code)
-    policy = load_model(checkpoint.policy_dir, model_cfg.dtype, device, model_cfg.trust_remote_code)
-    engine = HFEngine(policy, tokenizer, batch_size=cfg.engine.batch_size)
-    task = build_task(cfg.task)
-    params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens)
-    codec = TextCodec(tokenizer)
-    encode, decode = codec.encode, codec.decode
+    # what the run sampled with: the task with its prompt format and stop strings, the run's engine
+    setup = build_setup(cfg, str(checkpoint.policy_dir), device)
+    engine, task, params = setup.engine, setup.task, setup.rollouts
+    encode, decode = setup.codec.encode, setup.codec.decode
     token_texts = TokenTexts(decode)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
     problems = task.test_problems()
