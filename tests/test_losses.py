@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from vineppo.losses import KLPenalty, MiniBatchTotals, kl_estimate, kl_loss_terms, ppo_policy_loss, token_weights, whiten
+from vineppo.losses import (
+    KLPenalty, MiniBatchTotals, kl_estimate, kl_loss_terms, ppo_policy_loss, token_weights, whiten,
+)
 
 
 def test_kl_estimators_by_hand():

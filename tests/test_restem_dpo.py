@@ -122,7 +122,8 @@ def test_two_iterations_run_and_log_their_update(algorithm_runs, name, tmp_path_
         assert 0.0 <= first["restem/kept"] <= 1.0
         assert first["restem/kept"] == pytest.approx(first["train/accuracy"])  # the cap of 10 never binds here
     else:  # one pair per correct/incorrect couple within a prompt's samples: sum of min(correct, wrong)
-        samples = [json.loads(line) for line in (tmp_path_factory.getbasetemp() / f"run-{name}" / "samples.jsonl").read_text().splitlines()]
+        logged = tmp_path_factory.getbasetemp() / f"run-{name}" / "samples.jsonl"
+        samples = [json.loads(line) for line in logged.read_text().splitlines()]
         by_prompt = defaultdict(list)
         for sample in samples:
             if sample["iteration"] == 1:

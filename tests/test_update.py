@@ -234,7 +234,8 @@ def test_split_rows_and_join_rows_round_trip(model):
     (batch,), _ = prepare(policy, policy, episodes(4), pad_id=0, micro_batch_size=4, temperature=1.0,
                           whiten_advantages=False, device=torch.device("cpu"))
     rows = split_rows(batch)
-    assert len(rows) == 4 and [r.tokens.input_ids.shape[1] for r in rows] == batch.tokens.attention_mask.sum(-1).tolist()
+    lengths = batch.tokens.attention_mask.sum(-1).tolist()
+    assert len(rows) == 4 and [r.tokens.input_ids.shape[1] for r in rows] == lengths
     joined = join_rows(rows)
     for name in ("input_ids", "attention_mask", "response_mask", "advantages", "sample_logprobs"):
         assert torch.equal(getattr(joined.tokens, name), getattr(batch.tokens, name)), name

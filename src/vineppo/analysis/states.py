@@ -53,7 +53,8 @@ def held_out_states(
     on_progress: ProgressCallback | None = None,
 ) -> HeldOutStates:
     """One response per problem sampled with `params`, cut into steps as VinePPO cuts them (at most `max_steps` + 1
-    estimated boundaries, vineppo.steps.estimated_boundaries), and `count` of all their step boundaries drawn at random (all if fewer)."""
+    estimated boundaries, vineppo.steps.estimated_boundaries), and `count` of all their step boundaries drawn at
+    random (all if fewer)."""
     prompts = [encode(p.prompt) for p in problems]
     completions = engine.generate(prompts, 1, params, generator=generator, on_progress=on_progress)
     candidates = []
