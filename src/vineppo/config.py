@@ -295,16 +295,6 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     logging: LoggingConfig = LoggingConfig()
 
-    @model_validator(mode="after")
-    def _tiny_model_reads_arithmetic(self) -> "Config":
-        if self.model.path == "tiny" and self.task.name != "arithmetic":
-            raise ValueError(
-                f"model.path: the built-in tiny model (model.path=tiny) reads only the arithmetic task's characters; "
-                f"for task.name={self.task.name} give a Hugging Face causal LM (model.path=HUB_ID_OR_DIR, or "
-                f"model.path=smollm2-135m-instruct)"
-            )
-        return self
-
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from vineppo.config import Config, SFTConfig
+from vineppo.config import Config, ConfigError, SFTConfig
 from vineppo.model_sources import cache_root
 from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_device
 from vineppo.tasks import build_task
@@ -146,6 +146,12 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
     """
     if cfg.model.path != "tiny":
         raise ValueError(f"ensure_sft_model needs model.path == 'tiny' (got '{cfg.model.path}')")
+    if cfg.task.name != "arithmetic":
+        raise ConfigError(
+            f"model.path: the built-in tiny model (model.path=tiny) reads only the arithmetic task's characters; "
+            f"for task.name={cfg.task.name} give a Hugging Face causal LM (model.path=HUB_ID_OR_DIR, or "
+            f"model.path=smollm2-135m-instruct)"
+        )
     key = _cache_key(cfg)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir() / digest
