@@ -103,12 +103,12 @@ def test_sync_weights_loads_the_policys_weights_in_place_and_drops_the_prefix_ca
 
 
 def test_evaluation_with_vllm_does_not_load_the_model_a_second_time(sft_model, with_fake_vllm, monkeypatch, tmp_path):
-    import vineppo.cli
+    import vineppo.setup
 
     def refuse(*args, **kwargs):
         raise AssertionError("vineppo eval loaded the HF model beside vLLM")
 
-    monkeypatch.setattr(vineppo.cli, "load_model", refuse)
+    monkeypatch.setattr(vineppo.setup, "load_model", refuse)
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", sft_model, *TINY, "engine.name=vllm", "--samples", "2", "--output", str(out)]) == 0
     assert with_fake_vllm.LLM.built[-1].model is not None  # vLLM (the fake) loaded the weights itself
