@@ -180,7 +180,10 @@ def test_batch_sizes_that_do_not_split_over_the_processes_stop_before_any_work(t
 def test_the_multi_cpu_config_starts_two_processes(tmp_path):
     """accelerate's MULTI_CPU type would start one process here; the shipped config must start two."""
     show = tmp_path / "show.py"
-    show.write_text("import os\nprint('rank', os.environ.get('RANK'), 'of', os.environ.get('WORLD_SIZE'))\n")
+    # one write per process: print() writes its pieces separately, and two processes' pieces interleaved on the
+    # shared pipe ("rankrank 1 of 2", seen once in a CI run)
+    line = "f\"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}\\n\""
+    show.write_text(f"import os\nos.write(1, {line}.encode())\n")
     config = Path(__file__).parents[1] / "configs" / "accelerate" / "multi_cpu.yaml"
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), str(show)],
