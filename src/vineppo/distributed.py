@@ -105,9 +105,10 @@ def shutdown() -> None:
         _MESH._pg_registry.clear()
         _MESH = None
     gc.collect()  # the sharded models' reference cycles hold the group too
-    if gloo_threads():
+    left = gloo_threads()
+    if left:
         warnings.warn(
-            f"{len(gloo_threads())} gloo worker threads outlive the process group (something still holds it); "
+            f"{len(left)} gloo worker threads outlive the process group (something still holds it); "
             "the process may abort at exit", RuntimeWarning, stacklevel=2,
         )
 

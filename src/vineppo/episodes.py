@@ -117,7 +117,7 @@ def _attention(batch) -> torch.Tensor:
 
 
 def _row(batch, i: int):
-    values = {}
+    values, attention = {}, None
     for f in fields(batch):
         value = getattr(batch, f.name)
         if is_dataclass(value):
@@ -125,7 +125,7 @@ def _row(batch, i: int):
         elif value.dim() == 1:
             values[f.name] = value[i : i + 1]
         else:  # [B, T] or [B, T-1], aligned with this batch's tokens
-            attention = _attention(batch)
+            attention = _attention(batch) if attention is None else attention
             length = int(attention[i].sum())
             values[f.name] = value[i : i + 1, : length - (attention.shape[1] - value.shape[1])]
     return replace(batch, **values)

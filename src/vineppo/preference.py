@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -37,7 +38,7 @@ class PairBatch:
     chosen_ref_logp: torch.Tensor  # [P]
     rejected_ref_logp: torch.Tensor  # [P]
 
-    @property
+    @cached_property
     def tokens(self) -> TokenBatch:
         """Rows 0..P-1 the chosen responses, P..2P-1 the rejected ones (one forward pass for both)."""
         return join_rows([self.chosen, self.rejected])
