@@ -24,7 +24,7 @@ def run(seed: int, overrides: list[str]) -> dict:
         os.environ["VINEPPO_CACHE"] = os.path.join(tmp, "cache")  # cold cache: SFT is part of the time
         run_dir = os.path.join(tmp, "run")
         started = time.perf_counter()
-        code = main(["train", "--run-dir", run_dir, f"train.seed={seed}", f"model.sft.seed={seed}", *overrides])
+        code = main(["train", "--run-dir", run_dir, f"train.seed={seed}", f"model.tiny.sft.seed={seed}", *overrides])
         minutes = (time.perf_counter() - started) / 60
         if code != 0:
             sys.exit(code)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from vineppo import sft as sft_module
-from vineppo.config import ArithmeticConfig, Config, SFTConfig, TinyModelConfig
+from vineppo.sft import warm_start
+from vineppo.config import ArithmeticConfig, Config, TinyModelConfig, TinySFTConfig
 from vineppo.models import (
     ModelLoadError,
     build_char_tokenizer,
@@ -19,6 +19,7 @@ from vineppo.models import (
     resolve_device,
 )
 from vineppo.sft import ensure_sft_model, train_sft
+from vineppo.sft.examples import IGNORE, Example, collate, encode_examples
 from vineppo.tasks.arithmetic import ArithmeticTask
 
 TEXT = "5+3*4\n5+3=8\n8*4=2\n#2"
@@ -99,17 +100,17 @@ def test_load_tokenizer_pads_with_eos_when_it_has_no_pad(tokenizer, tmp_path):
 
 def test_sft_masks_the_prompt_and_lowers_the_loss(tokenizer, task):
     problem = task.train_problems()[0]
-    ((ids, prompt_len),) = sft_module._encode(tokenizer, [problem])
-    batch = sft_module._collate([(ids, prompt_len), (ids[:-3], prompt_len)], tokenizer.pad_token_id)
+    ((ids, prompt_len),) = encode_examples(tokenizer, [problem])
+    batch = collate([Example(ids, prompt_len), Example(ids[:-3], prompt_len)], tokenizer.pad_token_id)
     assert prompt_len == len(problem.prompt) + 1 and ids[-1] == tokenizer.eos_token_id
-    assert (batch["labels"][0, :prompt_len] == sft_module.IGNORE).all()
+    assert (batch["labels"][0, :prompt_len] == IGNORE).all()
     assert batch["labels"][0, prompt_len:].tolist() == ids[prompt_len:]
-    assert (batch["labels"][1, len(ids) - 3 :] == sft_module.IGNORE).all()
+    assert (batch["labels"][1, len(ids) - 3 :] == IGNORE).all()
     assert batch["attention_mask"][1].sum() == len(ids) - 3
 
     torch.manual_seed(0)
     model = build_tiny_model(SMALL_MODEL, tokenizer)
-    stats = train_sft(model, tokenizer, task.train_problems(), SFTConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=3))
+    stats = train_sft(model, tokenizer, task.train_problems(), TinySFTConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=3))
     assert stats["final_loss"] < 0.7 * stats["first_loss"]
     assert stats["seconds"] > 0 and stats["tokens_per_second"] > 0
 
@@ -118,14 +119,14 @@ def test_ensure_sft_model_caches_and_saves_a_loadable_model(tmp_path, monkeypatc
     monkeypatch.setenv("VINEPPO_CACHE", str(tmp_path))
     cfg = Config.model_validate(
         {
-            "model": {"tiny": SMALL_MODEL.model_dump(), "sft": {"steps": 5, "batch_size": 8, "warmup_steps": 1}},
+            "model": {"tiny": {**SMALL_MODEL.model_dump(), "sft": {"steps": 5, "batch_size": 8, "warmup_steps": 1}}},
             "task": {"arithmetic": {"num_ops": 2, "train_size": 32, "test_size": 4}},
             "logging": {"progress": False},
         }
     )
     calls = []
-    real_train = sft_module.train_sft
-    monkeypatch.setattr(sft_module, "train_sft", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    real_train = warm_start.train_sft
+    monkeypatch.setattr(warm_start, "train_sft", lambda *a, **k: calls.append(1) or real_train(*a, **k))
 
     path = ensure_sft_model(cfg)
     assert path.parent == tmp_path / "sft" and len(calls) == 1
@@ -138,7 +139,7 @@ def test_ensure_sft_model_caches_and_saves_a_loadable_model(tmp_path, monkeypatc
     assert model.config.hidden_size == 32 and tok.decode(tok(TEXT).input_ids, skip_special_tokens=True) == TEXT
 
     changed = cfg.model_copy(deep=True)
-    changed.model.sft.steps = 6
+    changed.model.tiny.sft.steps = 6
     assert ensure_sft_model(changed) != path and len(calls) == 2
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 TINY = [
     "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.intermediate_size=64",
-    "model.sft.steps=30", "model.sft.batch_size=16",
+    "model.tiny.sft.steps=30", "model.tiny.sft.batch_size=16",
     "task.arithmetic.num_ops=2", "task.arithmetic.train_size=200", "task.arithmetic.test_size=8",
     "engine.max_new_tokens=24", "algo.k=2",
     "train.prompts_per_iteration=4", "train.samples_per_prompt=2", "train.mini_batch_size=4",
@@ -36,3 +36,31 @@ def launched_train_command(config: Path, run_dir: Path) -> list[str]:
     """`accelerate launch --config_file CONFIG -m vineppo.cli train`: one tiny iteration into `run_dir`."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "vineppo.cli",
             "train", "--run-dir", str(run_dir), *TINY, "train.iterations=1"]
+
+
+def save_byte_llama(path: Path) -> Path:
+    """A randomly initialised 1-layer Llama with a byte-level tokenizer (every byte one token, BOS added) saved as
+    a Hugging Face model directory: a stand-in for a pretrained model that reads any text, in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {token: i for i, token in enumerate(specials + pre_tokenizers.ByteLevel.alphabet())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

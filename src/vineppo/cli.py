@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from vineppo.algorithms import ALGORITHMS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
 from vineppo.bench.compare import compare
 from vineppo.checkpoint import DiskSpaceError
-from vineppo.config import Config, ConfigError, load_config
+from vineppo.config import Config, ConfigError, config_to_yaml, load_config
 from vineppo.data import DataError
 from vineppo.engine.base import ContextLengthError
 from vineppo.engine.vllm import VLLMMissingError
@@ -80,8 +81,11 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where to write the run (default runs/<timestamp>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
 
-    sft = sub.add_parser("sft", help="train (or reuse) the SFT warm start of the built-in tiny model")
+    sft = sub.add_parser("sft", help="supervised fine-tuning on the task's solutions (the policy RL starts from): "
+                         "any HF causal LM into a run directory, or the tiny model's cached warm start")
     _add_config_args(sft)
+    sft.add_argument("--run-dir", help="where to write the run (default runs/<timestamp>)")
+    sft.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped SFT run from its last checkpoint")
 
     ev = sub.add_parser("eval", help="test accuracy of a model: greedy, and pass@k / maj@k from samples")
     _add_config_args(ev)
@@ -147,8 +151,9 @@ def _prepare_run_dir(path: Path) -> Path:
     return path
 
 
-def cmd_train(args: argparse.Namespace, console: Console) -> None:
-    started = time.perf_counter()
+def _open_run(args: argparse.Namespace, console: Console) -> tuple[Config, Path, bool]:
+    """The config and run directory of `train` / `sft` (`--resume RUN_DIR`: the run's own config.yaml plus
+    overrides), and whether the directory was created here. Starts the process group under a launcher."""
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / CONFIG_FILE
@@ -159,21 +164,35 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
         cfg = _load(args, saved, args.overrides)
     else:
         cfg = _load(args, args.config, args.overrides)
-        distributed.init(cpu=resolve_device(cfg.model.device).type == "cpu")
-        default_dir = distributed.from_main(Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+        default_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
         if (run_dir / CONFIG_FILE).exists():
             raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --run-dir")
+    distributed.init(cpu=resolve_device(cfg.model.device).type == "cpu")
+    run_dir = distributed.from_main(run_dir)  # the ranks' clocks may name different default directories
     created = not run_dir.exists()
     _prepare_run_dir(run_dir)
     distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
     console.print(f"run directory: {run_dir}")
+    return cfg, run_dir, created
+
+
+@contextmanager
+def _removed_on_failure(run_dir: Path, created: bool):
+    """A run that stops before any work (a config, model or data error) leaves no empty run directory behind."""
     try:
-        trainer = Trainer(cfg, run_dir, console, resume=bool(args.resume))
+        yield
     except BaseException:
-        if created and distributed.is_main():  # nothing was trained: leave no empty run directory behind
+        if created and distributed.is_main():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> None:
+    started = time.perf_counter()
+    cfg, run_dir, created = _open_run(args, console)
+    with _removed_on_failure(run_dir, created):
+        trainer = Trainer(cfg, run_dir, console, resume=bool(args.resume))
     summary = trainer.train()
     if not distributed.is_main():
         return
@@ -188,12 +207,28 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_sft(args: argparse.Namespace, console: Console) -> None:
-    cfg = _load(args, args.config, args.overrides)
-    if cfg.model.path != "tiny":
-        raise UsageError(f"vineppo sft trains the built-in tiny model; model.path is '{cfg.model.path}'")
-    path = ensure_sft_model(cfg, console=console)
+    cfg = None if args.resume else _load(args, args.config, args.overrides)
+    if cfg is not None and cfg.model.path == "tiny":
+        if args.run_dir:
+            raise UsageError("--run-dir: the tiny model's warm start is cached (model.tiny.sft), not a run")
+        path = ensure_sft_model(cfg, console=console)
+    else:
+        from vineppo.sft.stage import run_sft  # here, not above: importing transformers' Trainer takes seconds
+
+        cfg, run_dir, created = _open_run(args, console)
+        if distributed.is_main():
+            (run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
+        with _removed_on_failure(run_dir, created):
+            path = run_sft(cfg, run_dir, console, resume=bool(args.resume))
+        if not distributed.is_main():
+            return
     metrics, _ = _evaluate(cfg, str(path), console)
-    console.print(f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%}")
+    console.print(
+        f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%} "
+        f"(no answer {metrics['eval/unparsed']:.1%}, cut off {metrics['eval/truncated']:.1%}); "
+        f"train from it with: vineppo train model.path={path}",
+        soft_wrap=True,
+    )
 
 
 def _evaluate(

@@ -27,6 +27,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class TinySFTConfig(_Section):
+    """The built-in tiny model's own warm start on the task's demonstrations (vineppo.sft.warm_start; cached by
+    config hash). Tuned for a 0.5M-parameter model trained from random weights, not the paper's recipe."""
+
+    steps: int = Field(500, ge=1)
+    """Enough for the tiny model to converge on the teacher's demonstrations (about 1.5-2.5 min on 2 CPU cores)."""
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    seed: int = 0
+
+
 class TinyModelConfig(_Section):
     """Shape of the built-in tiny Llama (model.path == "tiny")."""
 
@@ -35,6 +47,7 @@ class TinyModelConfig(_Section):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(512, ge=8)
     max_position_embeddings: int = Field(128, ge=16)
+    sft: TinySFTConfig = TinySFTConfig()
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "TinyModelConfig":
@@ -45,15 +58,60 @@ class TinyModelConfig(_Section):
         return self
 
 
-class SFTConfig(_Section):
-    """Supervised warm start of the tiny model on gold solutions (cached by config hash)."""
+class LoRAConfig(_Section):
+    """Low-rank adapters (peft) instead of full fine-tuning in `vineppo sft`; merged into the weights at the end,
+    so the saved model loads like any other. The paper fine-tunes all weights (r = 0)."""
 
-    steps: int = Field(500, ge=1)
-    """Enough for the tiny model to converge on the teacher's demonstrations (about 1.5-2.5 min on 2 CPU cores)."""
+    r: int = Field(0, ge=0)
+    """Adapter rank; 0: no adapters, every weight is trained."""
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = "all-linear"
+    """peft's `target_modules`: "all-linear", or comma-separated module names such as "q_proj,v_proj"."""
+
+
+class SFTConfig(_Section):
+    """`vineppo sft`: supervised fine-tuning of any causal LM on the task's gold solutions, the stage the paper
+    starts RL from (vineppo.sft.stage). The defaults are the official recipe of the RhoMath 1.1B SFT models
+    (McGill-NLP/VinePPO, configs/sft_rho1b_for_{gsm8k,MATH}.jsonnet with trainers/training_args.jsonnet and the
+    DeepSpeed WarmupDecayLR scheduler of configs/deepspeed/); DeepSeekMath 7B used lr 5e-5
+    (configs/sft_deepseekmath_for_*.jsonnet), as configs/paper/deepseek7b_*.yaml set."""
+
+    epochs: float = Field(2.0, gt=0)
+    """Passes over the training solutions (official: num_epochs_per_iteration = 2)."""
+    lr: float = Field(1e-5, gt=0)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
+    """Solutions per optimizer step over all processes (official: 8 per device x 8 accumulation steps)."""
+    micro_batch_size: int = Field(8, ge=1)
+    """Solutions per forward/backward pass and process; gradients are accumulated up to batch_size."""
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """After the warmup: "linear" decay to 0 (official, DeepSpeed WarmupDecayLR), "cosine", or "constant"."""
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping; 0 turns it off."""
+    loss_reduction: Literal["sequence_mean", "token_mean"] = "sequence_mean"
+    """"sequence_mean": each solution's mean token loss, averaged over the batch (official,
+    `per_instance_non_pad_tokens_then_batch`); "token_mean": every response token of the batch weighs the same
+    (transformers' default), so long solutions weigh more."""
+    max_length: int = Field(2048, ge=2)
+    """Longest prompt + solution in tokens (official max_seq_len); longer ones are left out and counted."""
+    max_examples: int | None = Field(None, ge=1)
+    """Train on the first N solutions only (None: all)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast with float32 master weights (the official runs: bf16 on GPUs)."""
+    save_every: int = Field(50, ge=1)
+    """Optimizer steps between checkpoints (official: 45-50); `vineppo sft --resume` continues from the last."""
     seed: int = 0
+    lora: LoRAConfig = LoRAConfig()
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> "SFTConfig":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
 
 
 class ModelConfig(_Section):
@@ -70,7 +128,6 @@ class ModelConfig(_Section):
     """Recompute activations in the backward pass (less memory, about a third more compute) for the policy and
     the value network."""
     tiny: TinyModelConfig = TinyModelConfig()
-    sft: SFTConfig = SFTConfig()
 
 
 class ArithmeticConfig(_Section):
@@ -293,6 +350,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     algo: AlgoConfig = AlgoConfig()
     train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

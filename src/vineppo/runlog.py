@@ -6,11 +6,29 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 PLOT_FILE = "curves.png"
+
+
+@dataclass(frozen=True)
+class Curves:
+    """What run_dir/curves.png shows: (metric key, legend label, matplotlib style) per line, against the records'
+    `iteration`."""
+
+    lines: tuple[tuple[str, str, str], ...]
+    xlabel: str
+    ylabel: str
+    ylim: tuple[float, float] | None
+
+
+RL_CURVES = Curves(
+    (("eval/accuracy", "test accuracy (greedy)", "o-"), ("train/reward", "train reward (sampled)", "-")),
+    "iteration", "fraction", (0, 1),
+)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -67,9 +85,10 @@ class RunLog:
 
     def __init__(
         self, run_dir: Path, tensorboard: bool, keep_through: int = -1, wandb_project: str | None = None,
-        config: dict | None = None,
+        config: dict | None = None, curves: Curves = RL_CURVES,
     ):
         self.run_dir = Path(run_dir)
+        self.curves = curves
         self.path = self.run_dir / METRICS_FILE
         self.records = [r for r in read_metrics(self.run_dir) if r["iteration"] <= keep_through]
         _rewrite(self.path, self.records)
@@ -109,11 +128,11 @@ class RunLog:
             self._writer.close()
         if self._wandb is not None:
             self._wandb.finish()
-        plot_curves(self.run_dir)
+        plot_curves(self.run_dir, self.curves)
 
 
-def plot_curves(run_dir: Path) -> Path | None:
-    """Test accuracy and train reward against iteration, as run_dir/curves.png."""
+def plot_curves(run_dir: Path, curves: Curves = RL_CURVES) -> Path | None:
+    """The logged `curves` (by default test accuracy and train reward) against iteration, as run_dir/curves.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,17 +142,15 @@ def plot_curves(run_dir: Path) -> Path | None:
     if not records:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, style in (
-        ("eval/accuracy", "test accuracy (greedy)", "o-"),
-        ("train/reward", "train reward (sampled)", "-"),
-    ):
+    for key, label, style in curves.lines:
         points = [(r["iteration"], r[key]) for r in records if key in r]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, style, label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("fraction")
-    ax.set_ylim(0, 1)
+    ax.set_xlabel(curves.xlabel)
+    ax.set_ylabel(curves.ylabel)
+    if curves.ylim:
+        ax.set_ylim(*curves.ylim)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

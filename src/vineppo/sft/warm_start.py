@@ -1,11 +1,15 @@
-"""Supervised warm start: teach the tiny model the task's format before RL, and cache the result.
+"""The built-in tiny model's warm start: teach it the task's format before RL, and cache the result.
 
 RL needs a policy that is right on some problems and wrong on others. The built-in tiny model starts from random
 weights, so it is first trained on the task's SFT demonstrations (`task.sft_problems()`: for the arithmetic task, a
-fallible teacher's, see tasks/arithmetic.py) until it has converged (config `model.sft`); the teacher's
+fallible teacher's, see tasks/arithmetic.py) until it has converged (config `model.tiny.sft`); the teacher's
 misconceptions, not an early stop, place its greedy test accuracy in the band where RL has room to improve. The
 result is cached under `$VINEPPO_CACHE/sft/<hash>/`, keyed by everything that determines it, so a second run
 starts RL at once.
+
+This is a plain loop, not transformers' Trainer (which `vineppo sft` uses for every other model, vineppo.sft.stage):
+in a multi-process RL run rank 0 alone fills the cache while the others wait, and Trainer would make that one
+process join the run's process group.
 """
 
 from __future__ import annotations
@@ -16,46 +20,31 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from vineppo.config import Config, ConfigError, SFTConfig
+from vineppo.config import Config, ConfigError, TinySFTConfig
 from vineppo.model_sources import cache_root
 from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_device
+from vineppo.sft.examples import collate, encode_examples
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
 
 FORMAT_VERSION = 2
 """Bump when the tokenizer, model or SFT recipe changes in a way the configs do not capture: old caches are then
 ignored."""
-
-IGNORE = -100
-
-
-def _encode(tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) -> list[tuple[list[int], int]]:
-    """(bos + prompt + solution + eos token ids, number of leading tokens that are not trained on) per problem."""
-    prompts = tokenizer([p.prompt for p in problems]).input_ids
-    solutions = tokenizer([p.solution for p in problems], add_special_tokens=False).input_ids
-    return [(prompt + solution + [tokenizer.eos_token_id], len(prompt)) for prompt, solution in zip(prompts, solutions)]
-
-
-def _collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; labels are the input ids with prompt and padding positions masked out."""
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
 
 def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to 0 at the last step: the final weights are the settled ones."""
@@ -73,7 +62,7 @@ def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     problems: list[Problem],
-    cfg: SFTConfig,
+    cfg: TinySFTConfig,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Next-token loss on the solution and eos tokens (the prompt is masked), `cfg.steps` AdamW steps.
@@ -83,7 +72,7 @@ def train_sft(
     last 10 steps), the seconds taken and the training throughput in tokens/s (padding excluded).
     """
     device = next(model.parameters()).device
-    examples = _encode(tokenizer, problems)
+    examples = encode_examples(tokenizer, problems)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(cfg.warmup_steps, cfg.steps))
@@ -96,7 +85,7 @@ def train_sft(
         if len(order) < cfg.batch_size:
             order += torch.randperm(len(examples), generator=generator).tolist()
         chosen, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        batch = {k: v.to(device) for k, v in _collate([examples[i] for i in chosen], tokenizer.pad_token_id).items()}
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in chosen], tokenizer.pad_token_id).items()}
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,8 +115,8 @@ def _cache_key(cfg: Config) -> dict:
     return {
         "format": FORMAT_VERSION,
         "task": cfg.task.model_dump(mode="json"),
-        "tiny": cfg.model.tiny.model_dump(mode="json"),
-        "sft": cfg.model.sft.model_dump(mode="json"),
+        "tiny": cfg.model.tiny.model_dump(mode="json", exclude={"sft"}),  # the keys of caches made before
+        "sft": cfg.model.tiny.sft.model_dump(mode="json"),  # model.tiny.sft was model.sft: they stay valid
     }
 
 
@@ -141,7 +130,7 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
 
     The directory holds the model (safetensors) and tokenizer, and opens with `AutoModelForCausalLM` /
     `AutoTokenizer.from_pretrained`; `sft.json` records the hashed config and the training stats. Training runs on
-    `cfg.model.device` under a forked RNG seeded by `model.sft.seed`, so it neither depends on nor disturbs the
+    `cfg.model.device` under a forked RNG seeded by `model.tiny.sft.seed`, so it neither depends on nor disturbs the
     caller's random state. `progress` (default `cfg.logging.progress`) draws a bar with ETA on stderr.
     """
     if cfg.model.path != "tiny":
@@ -160,7 +149,7 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
         console.print(f"SFT warm start: reusing {final}")
         return final
 
-    sft = cfg.model.sft
+    sft = cfg.model.tiny.sft
     task = build_task(cfg.task)
     tokenizer = build_char_tokenizer(task.alphabet)
     bar = Progress(
