@@ -83,6 +83,18 @@ def test_the_paper_configs_load_and_validate(setup, method):
     assert cfg.algo.max_value_steps == (25 if setup.endswith("gsm8k") else None)
 
 
+@pytest.mark.parametrize("setup", ["rho1b_gsm8k", "rho1b_math", "deepseek7b_gsm8k", "deepseek7b_math"])
+def test_the_paper_configs_carry_the_official_sft_recipe(setup):
+    """McGill-NLP/VinePPO configs/sft_{rho1b,deepseekmath}_for_{gsm8k,MATH}.jsonnet, trainers/training_args.jsonnet
+    and deepspeed/lr_scheduler.jsonnet (WarmupDecayLR), written out here independently of the config defaults."""
+    sft = load_config([PAPER / "common.yaml", PAPER / f"{setup}.yaml"]).sft
+    assert (sft.epochs, sft.batch_size, sft.warmup_ratio, sft.weight_decay, sft.max_grad_norm) == (2, 64, 0.03, 0, 1)
+    assert (sft.schedule, sft.loss_reduction, sft.max_length, sft.lora.r) == ("linear", "sequence_mean", 2048, 0)
+    assert sft.lr == (1e-5 if setup.startswith("rho1b") else 5e-5)
+    assert sft.micro_batch_size == (8 if setup.startswith("rho1b") else 2)
+    assert sft.mixed_precision == "bf16"
+
+
 def test_later_config_files_win_key_by_key(tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("algo:\n  k: 3\n  clip_range: 0.1\n")

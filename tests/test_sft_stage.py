@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -151,3 +152,16 @@ def test_a_missing_model_stops_with_one_line_and_leaves_no_run_directory(tmp_pat
     assert sft(run, tmp_path / "no-such-model") == 2
     assert "no-such-model" in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_sft_settings_that_cannot_work_stop_with_one_line_naming_the_key(byte_llama, tmp_path, capsys, monkeypatch):
+    assert sft(tmp_path / "a", byte_llama, "sft.batch_size=6", "sft.micro_batch_size=4") == 2
+    assert "sft: batch_size (6) must be divisible by micro_batch_size (4)" in capsys.readouterr().err
+    assert sft(tmp_path / "b", byte_llama, "sft.max_length=20") == 2
+    assert "sft.max_length: all 4 solutions are longer than 20 tokens" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    assert sft(tmp_path / "c", byte_llama, "sft.lora.r=4") == 2
+    assert "sft.lora.r > 0 needs peft: pip install 'vineppo[lora]'" in capsys.readouterr().err
+    assert main(["sft", "--run-dir", str(tmp_path / "d"), "logging.progress=false"]) == 2
+    assert "--run-dir: the tiny model's warm start is cached (model.tiny.sft), not a run" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.name in "abcd"]

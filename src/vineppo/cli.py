@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape  # error messages hold [brackets], e.g. pip extras
 from transformers.utils import logging as transformers_logging
 
 from vineppo import distributed
@@ -327,12 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return USAGE_ERROR
     except TrainingError as exc:
         if args.debug:
             raise
-        console.print(f"[bold red]training stopped:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]training stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return TRAINING_FAILED
     except KeyboardInterrupt:
         console.print("interrupted; resume with --resume RUN_DIR from the last checkpoint")

@@ -99,7 +99,8 @@ class SFTConfig(_Section):
     max_examples: int | None = Field(None, ge=1)
     """Train on the first N solutions only (None: all)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast with float32 master weights (the official runs: bf16 on GPUs)."""
+    """Compute precision; the weights and the optimizer stay float32 whatever model.dtype says (the official runs:
+    bf16 on GPUs)."""
     save_every: int = Field(50, ge=1)
     """Optimizer steps between checkpoints (official: 45-50); `vineppo sft --resume` continues from the last."""
     seed: int = 0

@@ -148,7 +148,9 @@ def run_sft(cfg: Config, run_dir: Path, console: Console, resume: bool = False) 
     examples, too_long = training_examples(cfg, tokenizer)
     device = resolve_device(cfg.model.device)
     accumulation = _accumulation_steps(cfg, distributed.world_size())
-    model = load_model(source, cfg.model.dtype, device, cfg.model.trust_remote_code)
+    # float32 master weights whatever model.dtype says: AdamW steps of lr 1e-5 vanish in bfloat16 weights;
+    # sft.mixed_precision computes in bf16/fp16 (as DeepSpeed bf16 did for the official models)
+    model = load_model(source, "float32", device, cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         enable_activation_checkpointing(model)
         model.enable_input_require_grads()  # frozen embeddings under LoRA would otherwise cut the gradient
