@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import save_byte_llama
+from tiny import cpu_launch_config, save_byte_llama
 
 from vineppo.cli import main
 from vineppo.config import Config
@@ -100,6 +101,22 @@ def test_the_logged_step_loss_is_the_official_reduction_at_any_accumulation(
     assert record["sft/loss"] == pytest.approx(first_step_loss(byte_llama, reduction), abs=2e-4)  # logged to 4 d.p.
 
 
+@pytest.mark.slow
+def test_two_processes_take_the_single_process_step(byte_llama, tmp_path):
+    """`accelerate launch` (2 CPU processes, 2 solutions each): the step's loss is the formula over all 4."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(cpu_launch_config("multi_cpu", tmp_path)), "-m", "vineppo.cli", "sft", "--run-dir", str(run),
+        f"model.path={byte_llama}", *GSM8K, "sft.epochs=1", "sft.batch_size=4", "sft.micro_batch_size=2",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (record,) = read_metrics(run)
+    assert record["sft/loss"] == pytest.approx(first_step_loss(byte_llama, "sequence_mean"), abs=2e-4)
+    assert (run / "model" / "model.safetensors").is_file() and result.stderr.count("run directory:") == 1
+
+
 def test_sft_lowers_the_loss_and_writes_a_model_that_train_starts_from(byte_llama, tmp_path):
     run = tmp_path / "sft"
     code = sft(run, byte_llama, "sft.epochs=10", "sft.lr=2e-2", "sft.batch_size=4", "sft.micro_batch_size=2")
@@ -108,6 +125,7 @@ def test_sft_lowers_the_loss_and_writes_a_model_that_train_starts_from(byte_llam
     assert [r["iteration"] for r in records] == list(range(1, 11))  # 4 solutions, 1 step an epoch
     assert records[-1]["sft/loss"] < 0.8 * records[0]["sft/loss"]
     assert records[0]["sft/lr"] < records[1]["sft/lr"] and records[-1]["sft/lr"] < records[1]["sft/lr"]
+    assert 0 <= json.loads((run / "eval.json").read_text())["eval/accuracy"] <= 1
     for name in ("config.yaml", "curves.png", "model/model.safetensors", "model/tokenizer.json", "model/sft.json"):
         assert (run / name).is_file(), name
     stats = json.loads((run / "model" / "sft.json").read_text())

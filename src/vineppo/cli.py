@@ -174,7 +174,8 @@ def _open_run(args: argparse.Namespace, console: Console) -> tuple[Config, Path,
     created = not run_dir.exists()
     _prepare_run_dir(run_dir)
     distributed.barrier()  # every rank has checked the directory before rank 0 writes into it
-    console.print(f"run directory: {run_dir}")
+    if distributed.is_main():
+        console.print(f"run directory: {run_dir}")
     return cfg, run_dir, created
 
 
@@ -209,6 +210,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_sft(args: argparse.Namespace, console: Console) -> None:
     cfg = None if args.resume else _load(args, args.config, args.overrides)
+    run_dir = None
     if cfg is not None and cfg.model.path == "tiny":
         if args.run_dir:
             raise UsageError("--run-dir: the tiny model's warm start is cached (model.tiny.sft), not a run")
@@ -224,6 +226,8 @@ def cmd_sft(args: argparse.Namespace, console: Console) -> None:
         if not distributed.is_main():
             return
     metrics, _ = _evaluate(cfg, str(path), console)
+    if run_dir is not None:
+        (run_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
     console.print(
         f"vineppo sft: model in {path}; greedy test accuracy {metrics['eval/accuracy']:.1%} "
         f"(no answer {metrics['eval/unparsed']:.1%}, cut off {metrics['eval/truncated']:.1%}); "

@@ -177,6 +177,7 @@ def run_sft(cfg: Config, run_dir: Path, console: Console, resume: bool = False) 
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,  # the examples are (ids, prompt length) pairs for our collator
         average_tokens_across_devices=True,  # ResponseLoss relies on it
+        ddp_find_unused_parameters=False,  # every trained weight takes part in every forward pass
         report_to="none",
         disable_tqdm=True,
     )
