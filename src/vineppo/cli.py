@@ -216,9 +216,8 @@ def cmd_sft(args: argparse.Namespace, console: Console) -> None:
             raise UsageError("--run-dir: the tiny model's warm start is cached (model.tiny.sft), not a run")
         path = ensure_sft_model(cfg, console=console)
     else:
-        from vineppo.sft.stage import (
-            run_sft,  # here, not above: importing transformers' Trainer takes seconds
-        )
+        # imported here, not above: importing transformers' Trainer takes seconds
+        from vineppo.sft.stage import run_sft
 
         cfg, run_dir, created = _open_run(args, console)
         if distributed.is_main():
