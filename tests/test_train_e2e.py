@@ -131,3 +131,13 @@ def test_a_disk_too_small_for_the_checkpoints_fails_before_training(tmp_path, mo
     err = capsys.readouterr().err
     assert "GiB free" in err and "lower logging.keep_checkpoints" in err and "Traceback" not in err
     assert not (run / "metrics.jsonl").exists()  # nothing trained, nothing logged
+
+
+def test_redirected_output_has_whole_lines_and_no_progress_bars(tmp_path, capsys):
+    """Written to a file or a CI log (here: pytest's capture, not a terminal), each iteration is one line, however
+    long, and no progress-bar frames are left in the output, though logging.progress is on."""
+    assert main(["train", "--run-dir", str(tmp_path / "run"), *TINY, "train.iterations=1", "logging.progress=true"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    (iteration,) = [line for line in lines if line.startswith("iteration 1/1:")]
+    assert len(iteration) > 80 and "(sample" in iteration and "update" in iteration  # not cut at 80 columns
+    assert not [line for line in lines if "━" in line or "ETA" in line]

@@ -37,7 +37,7 @@ from vineppo.models import (
     ModelLoadError,
     resolve_device,
 )
-from vineppo.progress import Bars
+from vineppo.progress import Bars, make_console
 from vineppo.report.page import write_report
 from vineppo.runlog import WandbMissingError
 from vineppo.setup import build_setup
@@ -324,7 +324,7 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "analyze": cmd
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     transformers_logging.disable_progress_bar()  # our own bars show progress; theirs would interleave
-    console = Console(stderr=True)
+    console = make_console()
     try:
         COMMANDS[args.command](args, console)
     except (

@@ -1,4 +1,7 @@
-"""Rich progress bars with ETA for the phases of a run, drawn on stderr."""
+"""The console every command prints to (stderr), and rich progress bars with ETA for the phases of a run.
+
+Without a terminal (a log file, a CI log) lines are printed whole, not wrapped at rich's default 80 columns, and
+no progress bars are drawn: a redirected bar leaves its frames in the file."""
 
 from __future__ import annotations
 
@@ -17,6 +20,15 @@ from rich.progress import (
 )
 
 
+def make_console(quiet: bool = False) -> Console:
+    return Console(stderr=True, soft_wrap=True, quiet=quiet)
+
+
+def bars_shown(console: Console, enabled: bool) -> bool:
+    """Progress bars are drawn when asked for (`logging.progress`) and the console is a terminal."""
+    return enabled and console.is_terminal
+
+
 class Bars:
     """One overall bar for the run plus a transient bar per phase (sampling, MC rollouts, update, eval)."""
 
@@ -30,7 +42,7 @@ class Bars:
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
-            disable=not enabled,
+            disable=not bars_shown(console, enabled),
         )
 
     def __enter__(self) -> "Bars":

@@ -49,7 +49,7 @@ from vineppo.models import (
     resolve_device,
 )
 from vineppo.preference import dpo_plus_update, make_pairs, pairs_per_micro_batch, prepare_pairs
-from vineppo.progress import Bars
+from vineppo.progress import Bars, make_console
 from vineppo.report.samples import episode_record
 from vineppo.restem import restem_update, select_correct
 from vineppo.runlog import RunLog
@@ -124,9 +124,9 @@ class Trainer:
         distributed.init(cpu=device.type == "cpu")
         self.device = distributed.local_device(device)
         self.is_main = distributed.is_main()
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console()
         if not self.is_main:  # one voice: rank 0's
-            self.console = Console(stderr=True, quiet=True)
+            self.console = make_console(quiet=True)
         world = distributed.world_size()
         if cfg.train.prompts_per_iteration % world:
             raise ConfigError(

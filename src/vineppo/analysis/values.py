@@ -49,7 +49,7 @@ from vineppo.analysis.stats import (
 from vineppo.checkpoint import Resumed, load_latest
 from vineppo.config import load_config
 from vineppo.models import load_value_model, resolve_device
-from vineppo.progress import Bars
+from vineppo.progress import Bars, make_console
 from vineppo.steps import TokenTexts
 from vineppo.setup import build_setup
 from vineppo.trainer import CONFIG_FILE
@@ -96,7 +96,7 @@ def analyze_values(
     figures; returns what the JSON holds. Progress bars follow the run's logging.progress unless `progress` says."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    console = console or Console(stderr=True)
+    console = console or make_console()
     checkpoint = latest_checkpoint(run_dir)
     value_source = Path(value_run) if value_run is not None else run_dir
     value_dir = latest_checkpoint(value_source).value_dir

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from vineppo.algorithms import ALGORITHMS
 from vineppo.config import ConfigPaths, load_config
-from vineppo.progress import Bars
+from vineppo.progress import Bars, make_console
 from vineppo.trainer import Trainer
 
 
@@ -136,7 +136,7 @@ def compare(
     config_paths: ConfigPaths = None, overrides: list[str] = (), console: Console | None = None,
 ) -> str:
     """Run every spec one after the other, write results and plots to `out`, return the markdown table."""
-    console = console or Console(stderr=True)
+    console = console or make_console()
     base_k = load_config(config_paths, list(overrides)).algo.k
     specs = run_specs(methods, k_values, base_k)
     out.mkdir(parents=True, exist_ok=True)

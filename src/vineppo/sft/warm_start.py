@@ -38,6 +38,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from vineppo.config import Config, ConfigError, TinySFTConfig
 from vineppo.model_sources import cache_root
 from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_device
+from vineppo.progress import bars_shown, make_console
 from vineppo.sft.examples import collate, encode_examples
 from vineppo.tasks import build_task
 from vineppo.tasks.base import Problem
@@ -144,7 +145,7 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
     key = _cache_key(cfg)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     final = cache_dir() / digest
-    console = console or Console(stderr=True)
+    console = console or make_console()
     if _is_complete(final):
         console.print(f"SFT warm start: reusing {final}")
         return final
@@ -160,7 +161,7 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=not (cfg.logging.progress if progress is None else progress),
+        disable=not bars_shown(console, cfg.logging.progress if progress is None else progress),
     )
     with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(sft.seed)
