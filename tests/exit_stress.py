@@ -5,10 +5,11 @@ and with CPU- and disk-heavy work beside them; one JSON line per mode and load.
 
 Modes: `update:KIND` is tests/dist_worker.py's one PPO update on 2 processes started by torchrun (KIND: dp = plain
 data parallel, zero2/zero3 = FSDP2, ds_zero1/2/3 = DeepSpeed ZeRO); `launch:NAME` is `accelerate launch
---config_file configs/accelerate/NAME.yaml -m vineppo.cli train` (made for 2 CPU processes), one tiny iteration.
-`heavy` runs two CPU-bound processes and one writing and fsync-ing 64 MiB files beside the runs. A run that does
-not exit 0 is counted by its return code (-6: SIGABRT, as "terminate called without an active exception" ends a
-process) and its last lines of output are kept in the run's log directory.
+--config_file configs/accelerate/NAME.yaml -m vineppo.cli train` (made for 2 CPU processes), one tiny iteration;
+`sft:NAME` the same for `vineppo.cli sft`: one step of a tiny byte-level Llama on 4 GSM8K solutions (transformers'
+Trainer, data parallel). `heavy` runs two CPU-bound processes and one writing and fsync-ing 64 MiB files beside
+the runs. A run that does not exit 0 is counted by its return code (-6: SIGABRT, as "terminate called without an
+active exception" ends a process) and its last lines of output are kept in the run's log directory.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_distributed import SHARDED_ENV, worker_command  # noqa: E402
-from tiny import cpu_launch_config, launched_train_command  # noqa: E402
+from tiny import cpu_launch_config, launched_sft_command, launched_train_command, save_byte_llama  # noqa: E402
 
 UPDATE_KINDS = ("dp", "zero2", "zero3", "ds_zero1", "ds_zero2", "ds_zero3")
 LAUNCH_CONFIGS = ("multi_cpu", "fsdp_zero2", "fsdp_zero3", "deepspeed_zero2", "deepspeed_zero3")
-MODES = [f"update:{kind}" for kind in UPDATE_KINDS] + [f"launch:{name}" for name in LAUNCH_CONFIGS]
+MODES = [f"update:{kind}" for kind in UPDATE_KINDS] + [f"launch:{name}" for name in LAUNCH_CONFIGS] + ["sft:multi_cpu"]
 
 
 def spin() -> None:
@@ -73,6 +74,8 @@ def command(mode: str, scratch: Path) -> tuple[list[str], dict]:
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     if kind == "update":
         return worker_command("update", scratch), {**env, **SHARDED_ENV.get(name, {})}
+    if kind == "sft":
+        return launched_sft_command(cpu_launch_config(name, scratch), scratch / "run", scratch.parent / "byte-llama"), env
     return launched_train_command(cpu_launch_config(name, scratch), scratch / "run"), env
 
 
@@ -111,6 +114,7 @@ def main() -> None:
     warm.mkdir(parents=True)
     warm_command, env = command("launch:multi_cpu", warm)
     subprocess.run(warm_command, env=env, check=True, capture_output=True)
+    save_byte_llama(base / "byte-llama")  # the model sft:* runs fine-tune
     for load in args.load:
         for mode in args.modes:
             if load == "heavy":

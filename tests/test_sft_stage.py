@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import cpu_launch_config, save_byte_llama
+from tiny import FIXTURES, GSM8K_FIXTURES, cpu_launch_config, launched_sft_command, save_byte_llama
 
 from vineppo.cli import main
 from vineppo.config import Config
@@ -22,13 +22,7 @@ from vineppo.runlog import read_metrics
 from vineppo.sft.examples import IGNORE, collate
 from vineppo.sft.stage import ResponseLoss, training_examples
 
-FIXTURES = Path(__file__).parent / "fixtures"
-GSM8K = [
-    "task.name=gsm8k",
-    f"task.gsm8k.train_source={FIXTURES / 'gsm8k_train4.jsonl'}",
-    f"task.gsm8k.test_source={FIXTURES / 'gsm8k_test2.jsonl'}",
-    "engine.max_new_tokens=8", "logging.progress=false", "logging.tensorboard=false",
-]
+GSM8K = GSM8K_FIXTURES
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +99,7 @@ def test_the_logged_step_loss_is_the_official_reduction_at_any_accumulation(
 def test_two_processes_take_the_single_process_step(byte_llama, tmp_path):
     """`accelerate launch` (2 CPU processes, 2 solutions each): the step's loss is the formula over all 4."""
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(cpu_launch_config("multi_cpu", tmp_path)), "-m", "vineppo.cli", "sft", "--run-dir", str(run),
-        f"model.path={byte_llama}", *GSM8K, "sft.epochs=1", "sft.batch_size=4", "sft.micro_batch_size=2",
-    ]
+    command = launched_sft_command(cpu_launch_config("multi_cpu", tmp_path), run, byte_llama)
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (record,) = read_metrics(run)

@@ -38,6 +38,23 @@ def launched_train_command(config: Path, run_dir: Path) -> list[str]:
             "train", "--run-dir", str(run_dir), *TINY, "train.iterations=1"]
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+GSM8K_FIXTURES = [
+    "task.name=gsm8k",
+    f"task.gsm8k.train_source={FIXTURES / 'gsm8k_train4.jsonl'}",
+    f"task.gsm8k.test_source={FIXTURES / 'gsm8k_test2.jsonl'}",
+    "engine.max_new_tokens=8", "logging.progress=false", "logging.tensorboard=false",
+]
+"""GSM8K from the 4 + 2 problems of tests/fixtures, with short responses: for the byte-level Llama below."""
+
+
+def launched_sft_command(config: Path, run_dir: Path, model: Path) -> list[str]:
+    """`accelerate launch --config_file CONFIG -m vineppo.cli sft`: one step of 4 GSM8K solutions, 2 per process."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m", "vineppo.cli",
+            "sft", "--run-dir", str(run_dir), f"model.path={model}", *GSM8K_FIXTURES,
+            "sft.epochs=1", "sft.batch_size=4", "sft.micro_batch_size=2"]
+
+
 def save_byte_llama(path: Path) -> Path:
     """A randomly initialised 1-layer Llama with a byte-level tokenizer (every byte one token, BOS added) saved as
     a Hugging Face model directory: a stand-in for a pretrained model that reads any text, in milliseconds."""
