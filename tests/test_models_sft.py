@@ -98,6 +98,7 @@ def test_load_tokenizer_pads_with_eos_when_it_has_no_pad(tokenizer, tmp_path):
     assert loaded.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_sft_masks_the_prompt_and_lowers_the_loss(tokenizer, task):
     problem = task.train_problems()[0]
     ((ids, prompt_len),) = encode_examples(tokenizer, [problem])

@@ -81,7 +81,7 @@ def first_step_loss(model_dir: Path, reduction: str) -> float:
 
 
 @pytest.mark.parametrize("reduction", ["sequence_mean", "token_mean"])
-@pytest.mark.parametrize("micro_batch_size", [4, 2, 1])
+@pytest.mark.parametrize("micro_batch_size", [pytest.param(4, marks=pytest.mark.slow), 2, pytest.param(1, marks=pytest.mark.slow)])
 def test_the_logged_step_loss_is_the_official_reduction_at_any_accumulation(
     byte_llama, tmp_path, reduction, micro_batch_size
 ):
@@ -107,6 +107,7 @@ def test_two_processes_take_the_single_process_step(byte_llama, tmp_path):
     assert (run / "model" / "model.safetensors").is_file() and result.stderr.count("run directory:") == 1
 
 
+@pytest.mark.slow
 def test_sft_lowers_the_loss_and_writes_a_model_that_train_starts_from(byte_llama, tmp_path):
     run = tmp_path / "sft"
     code = sft(run, byte_llama, "sft.epochs=10", "sft.lr=2e-2", "sft.batch_size=4", "sft.micro_batch_size=2")
@@ -146,6 +147,7 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(byte_llama, tmp_path):
     assert torch.equal(base["model.embed_tokens.weight"], tuned["model.embed_tokens.weight"])
 
 
+@pytest.mark.slow
 def test_a_stopped_sft_run_resumes_from_its_last_checkpoint(byte_llama, tmp_path):
     run = tmp_path / "run"
     assert sft(run, byte_llama, "sft.epochs=2", "sft.batch_size=4", "sft.micro_batch_size=4", "sft.save_every=1") == 0

@@ -133,6 +133,7 @@ def test_a_disk_too_small_for_the_checkpoints_fails_before_training(tmp_path, mo
     assert not (run / "metrics.jsonl").exists()  # nothing trained, nothing logged
 
 
+@pytest.mark.slow
 def test_redirected_output_has_whole_lines_and_no_progress_bars(tmp_path, capsys):
     """Written to a file or a CI log (here: pytest's capture, not a terminal), each iteration is one line, however
     long, and no progress-bar frames are left in the output, though logging.progress is on."""

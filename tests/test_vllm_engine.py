@@ -102,6 +102,7 @@ def test_sync_weights_loads_the_policys_weights_in_place_and_drops_the_prefix_ca
     assert llm.prefix_cache_resets == 1
 
 
+@pytest.mark.slow
 def test_evaluation_with_vllm_does_not_load_the_model_a_second_time(sft_model, with_fake_vllm, monkeypatch, tmp_path):
     import vineppo.setup
 
@@ -115,6 +116,7 @@ def test_evaluation_with_vllm_does_not_load_the_model_a_second_time(sft_model, w
     assert "eval/pass@2" in out.read_text()
 
 
+@pytest.mark.slow
 def test_training_with_the_vllm_engine_syncs_after_every_update(tmp_path, sft_cache, with_fake_vllm):
     from safetensors.torch import load_file
 
