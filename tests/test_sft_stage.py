@@ -151,10 +151,25 @@ def test_lora_adapters_are_merged_into_a_plain_checkpoint(byte_llama, tmp_path):
 def test_a_stopped_sft_run_resumes_from_its_last_checkpoint(byte_llama, tmp_path):
     run = tmp_path / "run"
     assert sft(run, byte_llama, "sft.epochs=2", "sft.batch_size=4", "sft.micro_batch_size=4", "sft.save_every=1") == 0
-    # as if stopped after 2 of 3 epochs: the run goes on for one more step from checkpoint-2, logging step 3 only
+    # as if killed after 2 of 3 epochs while writing checkpoint-3: the run goes on from checkpoint-2, the last
+    # complete one, for one more step, logging step 3 only
+    (run / "checkpoints" / "checkpoint-3").mkdir()
+    (run / "checkpoints" / "checkpoint-3" / "model.safetensors").write_bytes(b"cut short")
     assert sft(run, byte_llama, "sft.epochs=3", resume=True) == 0
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 3]
     assert json.loads((run / "model" / "sft.json").read_text())["steps"] == 3
+
+
+def test_an_interrupted_sft_run_keeps_its_checkpoints_for_resume(byte_llama, tmp_path, monkeypatch):
+    from vineppo.sft import stage
+
+    def interrupted(*args, **kwargs):
+        (tmp_path / "run" / "checkpoints").mkdir(exist_ok=True)  # what training had written (Trainer writes one)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "_save_final", interrupted)
+    assert sft(tmp_path / "run", byte_llama, "sft.epochs=1", "sft.batch_size=4", "sft.micro_batch_size=4") == 130
+    assert (tmp_path / "run" / "config.yaml").is_file()  # resumable: nothing removed
 
 
 def test_a_missing_model_stops_with_one_line_and_leaves_no_run_directory(tmp_path, capsys):

@@ -181,11 +181,12 @@ def _open_run(args: argparse.Namespace, console: Console) -> tuple[Config, Path,
 
 @contextmanager
 def _removed_on_failure(run_dir: Path, created: bool):
-    """A run that stops before any work (a config, model or data error) leaves no empty run directory behind."""
+    """A run that stops before it has a checkpoint (a config, model or data error; an interrupt before the first
+    checkpoint) leaves no run directory behind; one with a checkpoint is kept for --resume."""
     try:
         yield
     except BaseException:
-        if created and distributed.is_main():
+        if created and distributed.is_main() and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 

@@ -10,6 +10,7 @@ run directory:
     RUN_DIR/metrics.jsonl, tensorboard/    loss, learning rate and gradient norm per optimizer step
     RUN_DIR/curves.png                     the loss curve
     RUN_DIR/checkpoints/checkpoint-N/      Trainer checkpoints (the last two); --resume continues from the last
+                                           complete one
     RUN_DIR/model/                         the final model and tokenizer: `vineppo train model.path=RUN_DIR/model`
 """
 
@@ -33,7 +34,6 @@ from transformers import (
     TrainingArguments,
 )
 from transformers import Trainer as HFTrainer
-from transformers.trainer_utils import get_last_checkpoint
 
 from vineppo import distributed
 from vineppo.config import Config, ConfigError, LoRAConfig
@@ -181,7 +181,7 @@ def run_sft(cfg: Config, run_dir: Path, console: Console, resume: bool = False) 
         report_to="none",
         disable_tqdm=True,
     )
-    last = get_last_checkpoint(args.output_dir) if resume and Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir)) if resume else None
     runlog = RunLog(run_dir, cfg.logging.tensorboard, keep_through=_step_of(last), curves=LOSS_CURVE)
     with Bars(console, cfg.logging.progress) as bars:
         trainer = HFTrainer(
@@ -207,6 +207,13 @@ def run_sft(cfg: Config, run_dir: Path, console: Console, resume: bool = False) 
     if distributed.is_main():
         runlog.close()
     return final
+
+
+def last_complete_checkpoint(directory: Path) -> str | None:
+    """The newest Trainer checkpoint (`checkpoint-N`) that was written to the end: Trainer writes a checkpoint's
+    trainer_state.json last, so one without it is what a killed run left half-written, and is passed over."""
+    complete = [c for c in directory.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda c: _step_of(str(c)))) if complete else None
 
 
 def _step_of(checkpoint: str | None) -> int:
