@@ -152,9 +152,10 @@ def _prepare_run_dir(path: Path) -> Path:
     return path
 
 
-def _open_run(args: argparse.Namespace, console: Console) -> tuple[Config, Path, bool]:
+def _open_run(args: argparse.Namespace, console: Console, cfg: Config | None = None) -> tuple[Config, Path, bool]:
     """The config and run directory of `train` / `sft` (`--resume RUN_DIR`: the run's own config.yaml plus
-    overrides), and whether the directory was created here. Starts the process group under a launcher."""
+    overrides; else `cfg` if the caller loaded it already), and whether the directory was created here. Starts the
+    process group under a launcher."""
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / CONFIG_FILE
@@ -164,7 +165,7 @@ def _open_run(args: argparse.Namespace, console: Console) -> tuple[Config, Path,
             raise UsageError("--resume uses the run's own config.yaml; pass overrides, not --config")
         cfg = _load(args, saved, args.overrides)
     else:
-        cfg = _load(args, args.config, args.overrides)
+        cfg = cfg or _load(args, args.config, args.overrides)
         default_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(args.run_dir or cfg.logging.run_dir or default_dir)
         if (run_dir / CONFIG_FILE).exists():
@@ -220,7 +221,7 @@ def cmd_sft(args: argparse.Namespace, console: Console) -> None:
         # imported here, not above: importing transformers' Trainer takes seconds
         from vineppo.sft.stage import run_sft
 
-        cfg, run_dir, created = _open_run(args, console)
+        cfg, run_dir, created = _open_run(args, console, cfg)
         if distributed.is_main():
             (run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
         with _removed_on_failure(run_dir, created):

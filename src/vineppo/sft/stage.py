@@ -37,6 +37,7 @@ from transformers import Trainer as HFTrainer
 
 from vineppo import distributed
 from vineppo.config import Config, ConfigError, LoRAConfig
+from vineppo.losses import MiniBatchTotals, masked_sum, token_weights
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
     chat_template_of,
@@ -75,10 +76,10 @@ class ResponseLoss:
         token_losses = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
         ).view(targets.shape)
-        if self.reduction == "token_mean":
-            return token_losses.sum() / num_items_in_batch
-        tokens = (targets != IGNORE).sum(dim=1).clamp(min=1)
-        return (token_losses.sum(dim=1) / tokens).sum() / self.sequences_per_step
+        mask = (targets != IGNORE).to(token_losses.dtype)
+        # the RL losses' aggregation: a micro-batch's share of the step's token or sequence mean
+        totals = MiniBatchTotals(tokens=num_items_in_batch, sequences=self.sequences_per_step)
+        return masked_sum(token_losses, token_weights(mask, self.reduction, totals))
 
 
 class _LogSteps(TrainerCallback):
