@@ -2,7 +2,7 @@ import pytest
 
 from tiny import TINY, sft_cache_dir
 
-from vineppo.algorithms import ALGORITHMS
+from vineppo.algorithms import METHODS
 from vineppo.cli import main
 from vineppo.runlog import read_metrics
 
@@ -20,7 +20,7 @@ def algorithm_runs(tmp_path_factory) -> dict[str, list[dict]]:
     records = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VINEPPO_CACHE", sft_cache_dir(base))
-        for name in ALGORITHMS:
+        for name in METHODS:
             run = base / f"run-{name}"
             assert main(["train", "--run-dir", str(run), *TINY, "train.iterations=2", f"algo.name={name}",
                          "logging.samples_per_iteration=8"]) == 0  # every sample of an iteration

@@ -30,7 +30,7 @@ def test_table_by_hand():
 def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
     specs = run_specs(["vineppo", "ppo"], [1, 3, 9], base_k=9)
     assert [s.label for s in specs] == ["vineppo", "ppo", "vineppo K=1", "vineppo K=3"]
-    assert specs[2].overrides == ("algo.name=vineppo", "algo.k=1")
+    assert specs[2].overrides == ("algo.name=vineppo", "algo.vineppo.k=1")
     with pytest.raises(ValueError, match="reinforce"):
         run_specs(["reinforce"], [], base_k=9)
 

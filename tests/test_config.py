@@ -14,9 +14,11 @@ def error_of(overrides=None, path=None):
 
 
 def test_defaults_and_overrides():
-    cfg = load_config(None, ["algo.k=3", "train.iterations=20", "engine.top_p=0.95", "algo.max_value_steps=null"])
-    assert (cfg.algo.k, cfg.train.iterations, cfg.engine.top_p, cfg.algo.max_value_steps) == (3, 20, 0.95, None)
-    assert load_config().algo.k == Config().algo.k
+    overrides = ["algo.vineppo.k=3", "train.iterations=20", "engine.top_p=0.95", "algo.vineppo.max_value_steps=null"]
+    cfg = load_config(None, overrides)
+    vine = cfg.algo.vineppo
+    assert (vine.k, cfg.train.iterations, cfg.engine.top_p, vine.max_value_steps) == (3, 20, 0.95, None)
+    assert load_config().algo.vineppo.k == Config().algo.vineppo.k
 
 
 def test_quickstart_yaml_is_the_default_config():
@@ -26,7 +28,7 @@ def test_quickstart_yaml_is_the_default_config():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("algo.k=0", "algo.k: Input should be greater than or equal to 1 (got 0)"),
+        ("algo.vineppo.k=0", "algo.vineppo.k: Input should be greater than or equal to 1 (got 0)"),
         ("engine.temperature=0", "engine.temperature: Input should be greater than 0"),
         ("engine.temperature=-1", "engine.temperature"),
         ("engine.top_p=1.5", "engine.top_p"),
@@ -36,7 +38,8 @@ def test_quickstart_yaml_is_the_default_config():
         ("train.mini_batch_size=100", "mini_batch_size (100) must divide the episodes per iteration"),
         ("model.tiny.num_heads=3", "hidden_size (128) must be divisible by num_heads (3)"),
         ("task.arithmetic.operators=+/", "task.arithmetic.operators"),
-        ("algo.name=reinforce", "algo.name: Input should be 'vineppo', 'ppo', 'grpo', 'rloo', 'restem' or 'dpo_plus'"),
+        ("algo.name=reinforce", "algo.name: 'reinforce' is not a method; choose one of vineppo, ppo, grpo, rloo, restem, "
+                                "dpo_plus"),
     ],
 )
 def test_impossible_values_name_the_key(override, expected):
@@ -47,6 +50,18 @@ def test_unknown_keys_are_rejected():
     assert "unknown key 'algo.kk'" in error_of(["algo.kk=1"])
     assert "unknown key 'training'" in error_of(["training.iterations=3"])
     assert "expected key=value" in error_of(["algo.k"])
+
+
+def test_a_key_of_one_method_is_refused_for_another_naming_where_it_lives(tmp_path):
+    """Each method's options live in its own section: `algo.name=grpo algo.k=5` cannot pass silently."""
+    assert error_of(["algo.name=grpo", "algo.k=5"]) == (
+        "override: unknown key 'algo.k' (it is now 'algo.vineppo.k', an option of that method alone)"
+    )
+    assert "unknown key 'algo.grpo'" in error_of(["algo.name=grpo", "algo.grpo.k=5"])
+    assert "unknown key 'algo.restem.k'" in error_of(["algo.name=restem", "algo.restem.k=5"])
+    old = tmp_path / "old.yaml"
+    old.write_text("algo:\n  dpo_beta: 0.1\n")
+    assert error_of(path=old) == f"{old}: unknown key 'algo.dpo_beta' (it is now 'algo.dpo_plus.beta', an option of that method alone)"
 
 
 def test_file_errors_name_the_file(tmp_path):
@@ -64,9 +79,9 @@ def test_file_errors_name_the_file(tmp_path):
 
 def test_file_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("algo:\n  k: 5\ntrain:\n  iterations: 7\n")
-    cfg = load_config(path, ["algo.k=2"])
-    assert (cfg.algo.k, cfg.train.iterations) == (2, 7)
+    path.write_text("algo:\n  vineppo:\n    k: 5\ntrain:\n  iterations: 7\n")
+    cfg = load_config(path, ["algo.vineppo.k=2"])
+    assert (cfg.algo.vineppo.k, cfg.train.iterations) == (2, 7)
 
 
 PAPER = REPO / "configs" / "paper"
@@ -80,7 +95,8 @@ def test_the_paper_configs_load_and_validate(setup, method):
     assert cfg.task.name == setup.split("_")[1]
     assert cfg.model.path.startswith("realtreetune/")
     assert (cfg.train.lr, cfg.algo.kl_coef, cfg.engine.temperature) == (1e-6, 1e-4, 0.6)
-    assert cfg.algo.max_value_steps == (25 if setup.endswith("gsm8k") else None)
+    assert cfg.algo.vineppo.max_value_steps == (25 if setup.endswith("gsm8k") else None)
+    assert cfg.algo.dpo_plus.beta == (0.3 if setup.endswith("gsm8k") else 0.1)
 
 
 @pytest.mark.parametrize("setup", ["rho1b_gsm8k", "rho1b_math", "deepseek7b_gsm8k", "deepseek7b_math"])
@@ -97,7 +113,8 @@ def test_the_paper_configs_carry_the_official_sft_recipe(setup):
 
 def test_later_config_files_win_key_by_key(tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    first.write_text("algo:\n  k: 3\n  clip_range: 0.1\n")
-    second.write_text("algo:\n  k: 5\n")
+    first.write_text("algo:\n  vineppo:\n    k: 3\n    max_value_steps: 4\n  clip_range: 0.1\n")
+    second.write_text("algo:\n  vineppo:\n    k: 5\n")
     cfg = load_config([first, second], ["train.iterations=7"])
-    assert (cfg.algo.k, cfg.algo.clip_range, cfg.train.iterations) == (5, 0.1, 7)
+    vine = cfg.algo.vineppo
+    assert (vine.k, vine.max_value_steps, cfg.algo.clip_range, cfg.train.iterations) == (5, 4, 0.1, 7)

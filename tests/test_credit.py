@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from vineppo.config import AlgoConfig, Config, VinePPOOptions
+from vineppo.context import Context
 from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
@@ -21,6 +23,12 @@ PROBLEM = Problem(id="coin", prompt="", solution="", answer="")
 
 def decode(ids):
     return "".join(VOCAB[i] for i in ids)
+
+
+def vine(episodes, engine, task, decode, k, params=SamplingParams(), generator=None, **options):
+    """`vine_credit` with `algo.vineppo` = (k, **options) and the rest of a context that it does not read."""
+    cfg = Config(algo=AlgoConfig(vineppo=VinePPOOptions(k=k, **options)))
+    return vine_credit(episodes, Context(cfg, engine, task, decode, params, torch.device("cpu"), generator))
 
 
 class CoinTask(FakeTaskBase):
@@ -89,12 +97,12 @@ def test_every_token_of_a_step_gets_its_advantage():
 def test_vine_credit_dedupes_prefixes_and_fills_episodes():
     engine = CoinEngine()
     episodes = [make_episode([True, False, True]), make_episode([True, True, False]), make_episode([False] * 3)]
-    stats = vine_credit(episodes, engine, CoinTask(), decode, k=4, params=SamplingParams(), max_value_steps=None,
+    metrics = vine(episodes, engine, CoinTask(), decode, k=4, params=SamplingParams(), max_value_steps=None,
                         generator=torch.Generator().manual_seed(0))
     (prefixes,) = engine.calls
     assert engine.budgets == [64 - (len(p) - 1) for p in prefixes]  # max_new_tokens minus the response so far
     # states: the prompt (shared by all 3), "H\n" (shared by the first two), "H\nT\n", "H\nH\n", "T\n", "T\nT\n"
-    assert len(prefixes) == stats.num_states == 6
+    assert len(prefixes) == metrics["value/states"] == 6
     assert len(set(map(tuple, prefixes))) == 6
     for episode in episodes:
         assert episode.step_starts == [0, 2, 4]
@@ -103,7 +111,7 @@ def test_vine_credit_dedupes_prefixes_and_fills_episodes():
         # a state with 2 heads already is worth exactly 1 whatever the rollouts do
     assert episodes[1].step_values[2] == 1.0
     assert episodes[1].advantages[-1] == 0.0  # R - V = 1 - 1 on the last step
-    assert stats.mc_tokens == sum(4 * (LINES - i) * 2 + 4 for i in (0, 1, 2, 2, 1, 2))
+    assert metrics["tokens/mc"] == sum(4 * (LINES - i) * 2 + 4 for i in (0, 1, 2, 2, 1, 2))
 
 
 def test_mc_values_are_unbiased_and_converge_to_the_true_values():
@@ -118,7 +126,7 @@ def test_mc_values_are_unbiased_and_converge_to_the_true_values():
     adv_sums = [0.0] * 3
     for _ in range(repeats):
         episode = make_episode(flips)
-        vine_credit([episode], CoinEngine(), CoinTask(), decode, k=k, params=SamplingParams(),
+        vine([episode], CoinEngine(), CoinTask(), decode, k=k, params=SamplingParams(),
                     max_value_steps=None, generator=generator)
         for i in range(3):
             value_sums[i] += episode.step_values[i]
@@ -133,7 +141,7 @@ def test_cap_on_value_steps_merges_the_tail():
     """max_value_steps = 1 estimates s_0 and s_1; under "merge" the third line joins the second step."""
     engine = CoinEngine()
     episode = make_episode([True, True, False])
-    vine_credit([episode], engine, CoinTask(), decode, k=2, params=SamplingParams(), max_value_steps=1)
+    vine([episode], engine, CoinTask(), decode, k=2, params=SamplingParams(), max_value_steps=1)
     assert episode.step_starts == [0, 2]
     assert len(engine.calls[0]) == 2
     tail = episode.advantages[2:]
@@ -169,7 +177,7 @@ def test_a_cap_of_25_estimates_26_boundaries_as_the_official_code(after_value_ca
     ids = [0, 1] * 30 + [2]
     episode = Episode(0, PROBLEM, [1], ids, [0.0] * len(ids), "stop", reward=1.0, parsed=True)
     engine = EosEngine()
-    vine_credit([episode], engine, LinesTask(), lambda t: "".join(LINE_VOCAB[i] for i in t), k=2,
+    vine([episode], engine, LinesTask(), lambda t: "".join(LINE_VOCAB[i] for i in t), k=2,
                 params=SamplingParams(), max_value_steps=25, after_value_cap=after_value_cap)
     assert len(engine.calls[0]) == 26
     assert episode.step_values[:26] == pytest.approx([i / 30 for i in range(26)])
@@ -245,7 +253,7 @@ def test_a_response_ending_on_a_stop_string_gets_the_value_of_its_last_state_rig
     assert "".join(script_texts(response.token_ids)) == "x=2\n#### 5" and response.token_ids[-1] == SCRIPT_EOS
     episode = Episode(0, PROBLEM, [SCRIPT_EOS], response.token_ids, response.logprobs, "stop", reward=1.0,
                       parsed=True)
-    vine_credit([episode], engine, LastAnswerTask(), lambda ids: "".join(script_texts(ids)), k=3, params=params,
+    vine([episode], engine, LastAnswerTask(), lambda ids: "".join(script_texts(ids)), k=3, params=params,
                 max_value_steps=None)
     assert episode.step_starts == [0, 4]  # "x=2\n", "#### 5" + eos
     assert episode.step_values == [1.0, 1.0]

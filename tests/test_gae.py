@@ -11,7 +11,7 @@ from transformers import AutoModelForTokenClassification
 from vineppo.cli import main
 from vineppo.config import TinyModelConfig
 from vineppo.credit.gae import gae, outcome_rewards
-from vineppo.critic import explained_variance
+from vineppo.credit.critic import explained_variance
 from vineppo.losses import clipped_value_loss
 from vineppo.models import build_char_tokenizer, build_tiny_model, load_value_model
 from vineppo.runlog import read_metrics
@@ -84,6 +84,12 @@ def test_value_model_from_a_causal_lm_and_back(tmp_path):
     assert torch.equal(reloaded.score.weight, value.score.weight)
     torch.testing.assert_close(reloaded(input_ids=ids).logits, value.eval()(input_ids=ids).logits)
     AutoModelForTokenClassification.from_pretrained(tmp_path / "value")
+
+    # the new head is drawn from the run's seed, whatever the global random state: a PPO run is reproducible
+    torch.manual_seed(123)
+    same = load_value_model(tmp_path / "policy")
+    assert torch.equal(same.score.weight, value.score.weight)
+    assert not torch.equal(load_value_model(tmp_path / "policy", seed=1).score.weight, value.score.weight)
 
 
 def test_explained_variance():

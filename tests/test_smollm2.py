@@ -30,7 +30,7 @@ def test_one_vineppo_iteration_of_smollm2_on_gsm8k(tmp_path, sft_cache):
         f"task.gsm8k.train_source={FIXTURES / 'gsm8k_train4.jsonl'}",
         f"task.gsm8k.test_source={FIXTURES / 'gsm8k_test2.jsonl'}",
         "engine.max_new_tokens=40", "engine.batch_size=16",
-        "algo.k=2", "algo.max_value_steps=3",
+        "algo.vineppo.k=2", "algo.vineppo.max_value_steps=3",
         "train.iterations=1", "train.prompts_per_iteration=4", "train.samples_per_prompt=2",
         "train.mini_batch_size=8", "train.micro_batch_size=4", "train.epochs=1", "train.lr=1e-6",
         "logging.progress=false", "logging.tensorboard=false",

@@ -54,9 +54,9 @@ def test_train_writes_the_run_directory_and_resumes_exactly(tmp_path):
 
 
 def test_bad_config_exits_2_with_one_line(capsys):
-    assert main(["train", "algo.k=0"]) == 2
+    assert main(["train", "algo.vineppo.k=0"]) == 2
     err = capsys.readouterr().err
-    assert "algo.k" in err and "greater than or equal to 1" in err and "Traceback" not in err
+    assert "algo.vineppo.k" in err and "greater than or equal to 1" in err and "Traceback" not in err
 
 
 def test_the_tiny_model_on_another_task_is_a_one_line_error_naming_model_path(tmp_path, capsys):

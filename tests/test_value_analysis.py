@@ -10,12 +10,7 @@ import torch
 from tiny import TINY
 from transformers import LlamaConfig, LlamaForTokenClassification
 
-from vineppo.analysis.states import (
-    State,
-    alternative_next_states,
-    rollout_values,
-    value_network_values,
-)
+from vineppo.analysis.states import alternative_next_states, value_network_values
 from vineppo.analysis.stats import (
     mc_sampling_error,
     mean_absolute_error,
@@ -23,11 +18,13 @@ from vineppo.analysis.stats import (
     ranking_scores,
 )
 from vineppo.cli import main
-from vineppo.config import AlgoConfig, TrainConfig
-from vineppo.critic import Critic
+from vineppo.config import PPOOptions, TrainConfig
+from vineppo.credit.critic import Critic
+from vineppo.credit.vine import mc_values
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.models import build_char_tokenizer
+from vineppo.rollout import Rollout, State
 from vineppo.steps import TokenTexts
 from vineppo.tasks.base import Grade, Problem
 from fakes import FakeTaskBase
@@ -112,9 +109,8 @@ def test_ground_truth_is_the_exact_value_on_a_toy():
         State(PROBLEM, [X], [X] * 5, 1),  # budget 1: every rollout is cut off, value 0
     ]
     engine = CoinEngine(heads=0.3)
-    values, rollouts = rollout_values(
-        engine, CoinTask(), decode, states, 20_000, params, torch.Generator().manual_seed(0)
-    )
+    mc = mc_values(engine, CoinTask(), decode, states, 20_000, params, torch.Generator().manual_seed(0))
+    values, rollouts = mc.values, mc.rollouts
     assert engine.budgets == [6, 4, 5, 1]  # max_new_tokens minus the state's response tokens, as vine_credit
     assert values[0] == pytest.approx(0.3, abs=0.013) and values[1] == pytest.approx(0.3, abs=0.013)  # 4 std
     assert values[2:] == [1.0, 0.0]
@@ -126,7 +122,7 @@ def test_alternative_next_states_take_the_first_two_different_non_final_steps():
     texts = TokenTexts(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     state = State(PROBLEM, ids("3+4*2\n"), ids("3+4=7\n"), 1)
-    rollout = lambda text: Completion(ids(text) + [tokenizer.eos_token_id], [], "stop")  # noqa: E731
+    rollout = lambda text: Rollout(Completion(ids(text) + [tokenizer.eos_token_id], [], "stop"), Grade(0.0, True))  # noqa: E731
     rollouts = [rollout("#4"), rollout("7*2=4\n#4"), rollout("7*2=4\n#3"), rollout("7*2=6\n#6"), rollout("7*2=1\n#1")]
     first, second = alternative_next_states(state, rollouts, texts)
     assert first.response_ids == ids("3+4=7\n7*2=4\n") and second.response_ids == ids("3+4=7\n7*2=6\n")
@@ -144,7 +140,7 @@ def test_value_network_is_read_where_the_critic_reads_step_boundaries():
     prompts = [tokenizer("3+4*2\n").input_ids, tokenizer("5-1\n").input_ids]
     responses = [tokenizer("3+4=7\n7*2=4\n#4", add_special_tokens=False).input_ids, tokenizer("5-1=4\n#4").input_ids]
     episodes = [Episode(0, PROBLEM, p, r, [0.0] * len(r), "stop") for p, r in zip(prompts, responses)]
-    Critic(model, None, None, AlgoConfig(), TrainConfig()).assign_credit(
+    Critic(model, None, None, PPOOptions(), TrainConfig()).assign_credit(
         episodes, tokenizer.pad_token_id, decode_ids, torch.device("cpu")
     )
     states = [State(PROBLEM, e.prompt_ids, e.response_ids[:start], i)
@@ -237,7 +233,7 @@ def test_the_analysis_samples_as_a_chat_format_gsm8k_run_does(tmp_path, capsys):
     overrides = [
         f"model.path={tmp_path / 'model'}", "task.name=gsm8k", "task.gsm8k.prompt_format=chat",
         f"task.gsm8k.train_source={fixtures / 'gsm8k_train4.jsonl'}",
-        f"task.gsm8k.test_source={fixtures / 'gsm8k_test2.jsonl'}", "engine.max_new_tokens=6", "algo.k=2",
+        f"task.gsm8k.test_source={fixtures / 'gsm8k_test2.jsonl'}", "engine.max_new_tokens=6", "algo.vineppo.k=2",
         "train.iterations=1", "train.prompts_per_iteration=2", "train.samples_per_prompt=2",
         "train.mini_batch_size=4", "train.micro_batch_size=2", "logging.progress=false",
     ]

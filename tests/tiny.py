@@ -7,7 +7,7 @@ TINY = [
     "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.intermediate_size=64",
     "model.tiny.sft.steps=30", "model.tiny.sft.batch_size=16",
     "task.arithmetic.num_ops=2", "task.arithmetic.train_size=200", "task.arithmetic.test_size=8",
-    "engine.max_new_tokens=24", "algo.k=2",
+    "engine.max_new_tokens=24", "algo.vineppo.k=2",
     "train.prompts_per_iteration=4", "train.samples_per_prompt=2", "train.mini_batch_size=4",
     "train.micro_batch_size=2", "train.eval_every=2", "train.checkpoint_every=1",
     "logging.progress=false", "logging.keep_checkpoints=3",

@@ -23,7 +23,7 @@ from rich.markup import escape  # error messages hold [brackets], e.g. pip extra
 from transformers.utils import logging as transformers_logging
 
 from vineppo import distributed
-from vineppo.algorithms import ALGORITHMS
+from vineppo.algorithms import METHODS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
 from vineppo.bench.compare import compare
 from vineppo.checkpoint import DiskSpaceError
@@ -56,7 +56,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", metavar="FILE",
                         help="YAML config file (default: the built-in quickstart config); repeat it to layer files, "
                         "later ones winning key by key")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.k=9 train.iterations=20")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algo.vineppo.k=9 train.iterations=20")
     parser.add_argument("--skip-bad-rows", action="store_true",
                         help="skip malformed data rows (counted and logged) instead of stopping (gsm8k, math)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -111,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     values.add_argument(
         "--ground-truth-rollouts", type=int, default=256, help="rollouts per ground-truth value (default 256)"
     )
-    values.add_argument("--k", type=int, help="rollouts of the MC estimate (default: the run's algo.k)")
+    values.add_argument("--k", type=int, help="rollouts of the MC estimate (default: the run's algo.vineppo.k)")
     values.add_argument("--seed", type=int, default=0)
     values.add_argument("--output", help="the JSON to write, PNGs beside it (default RUN_DIR/analysis/values.json)")
     values.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -129,8 +129,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "compare", help="every method from one SFT model at equal training seconds (docs/results.md)"
     )
     _add_config_args(comparison)
-    comparison.add_argument("--methods", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS, metavar="NAME",
-                            help=f"methods to run (default: all of {', '.join(ALGORITHMS)})")
+    comparison.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
+                            help=f"methods to run (default: all of {', '.join(METHODS)})")
     comparison.add_argument("--k", nargs="*", type=int, default=[], metavar="K",
                             help="also run VinePPO with these K (the K ablation), e.g. --k 1 3")
     comparison.add_argument("--budget", type=float, default=120.0, help="training seconds per run (default 120)")

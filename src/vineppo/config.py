@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vineppo.algorithms import AlgorithmName, KLAggregation, KLGradient, LossAggregation
+from vineppo.losses import KLAggregation, KLEstimator, KLGradient, LossAggregation
 
 
 class ConfigError(ValueError):
@@ -217,49 +217,93 @@ class EngineConfig(_Section):
     which shares the GPU (vLLM's own default, 0.92, assumes it is alone)."""
 
 
-class AlgoConfig(_Section):
-    name: AlgorithmName = "vineppo"
-    """The training method, the only thing it changes in a run (vineppo.algorithms). The PPO family differs
-    only in its credit estimator (vineppo.credit): "vineppo" (MC values at step boundaries), the group
-    baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized by the group's std) and
-    "rloo" (leave-one-out mean), or "ppo" (a value network trained alongside the policy, token-level GAE;
-    PAPER-NOTES 2.5). "restem" fine-tunes on the correct samples; "dpo_plus" runs DPO-Positive on
-    correct/incorrect pairs of samples."""
+class VinePPOOptions(_Section):
+    """`algo.vineppo`: VinePPO's MC estimator (vineppo.credit.vine)."""
+
     k: int = Field(9, ge=1)
-    """MC rollouts per step boundary (paper: 9). Used by vineppo only."""
+    """MC rollouts per step boundary (paper: 9)."""
     max_value_steps: int | None = Field(25, ge=0)
     """Cap c on the step boundaries whose value is estimated: s_0 .. s_c, c + 1 of them (the official
-    max_step_for_value_estimation; paper: 25 on GSM8K, none on MATH). None estimates every boundary. Used by
-    vineppo only."""
+    max_step_for_value_estimation; paper: 25 on GSM8K, none on MATH). None estimates every boundary."""
     after_value_cap: Literal["merge", "zero"] = "merge"
     """The steps after the cap (vineppo.credit.vine): "zero" gives them advantage 0 and the step at the cap
-    R - V(s_c) (official); "merge" merges them into the step at the cap, whose tokens all get R - V(s_c).
-    Used by vineppo only."""
+    R - V(s_c) (official); "merge" merges them into the step at the cap, whose tokens all get R - V(s_c)."""
+
+
+class PPOOptions(_Section):
+    """`algo.ppo`: the PPO baseline's value network and GAE (vineppo.credit.critic; PAPER-NOTES 2.5)."""
+
     gamma: float = Field(1.0, ge=0, le=1)
-    """GAE discount (paper: 1.0, PAPER-NOTES 2.5). Used by ppo only."""
+    """GAE discount (paper: 1.0)."""
     lam: float = Field(1.0, ge=0, le=1)
-    """GAE lambda (paper: 1.0; `lam1.jsonnet` overrides the 0.96 of `ppo_MATH.jsonnet`). Used by ppo only."""
+    """GAE lambda (paper: 1.0; `lam1.jsonnet` overrides the 0.96 of `ppo_MATH.jsonnet`)."""
     value_clip_range: float = Field(0.2, gt=0)
     """How far a value may move from the value that computed the returns before the clipped value loss stops
-    rewarding it (paper: 0.2, PAPER-NOTES 2.5). Used by ppo only."""
+    rewarding it (paper: 0.2)."""
     value_lr: float | None = Field(None, gt=0)
     """The value network's learning rate; None uses `train.lr`, as the paper does (same LR and schedule as the
-    actor, PAPER-NOTES 2.5). Used by ppo only."""
+    actor)."""
+
+
+class RestEMOptions(_Section):
+    """`algo.restem`: RestEM's selection of correct samples (vineppo.restem)."""
+
+    max_per_prompt: int = Field(10, ge=1)
+    """Keep at most this many correct samples of a prompt (paper: 10, from the ReST-EM paper)."""
+
+
+class DPOPlusOptions(_Section):
+    """`algo.dpo_plus`: DPO-Positive (vineppo.preference)."""
+
+    beta: float = Field(0.3, gt=0)
+    """DPO+'s beta (paper: 0.3 on GSM8K, 0.1 on MATH)."""
+    lam: float = Field(50.0, ge=0)
+    """DPO+'s lambda, the weight on keeping the correct response's likelihood above the reference's (paper: 50;
+    0 = DPO)."""
+
+
+# keys of `algo` that moved into a method's own section, for the error message of a config that still uses them
+MOVED_ALGO_KEYS = {
+    "k": "vineppo.k", "max_value_steps": "vineppo.max_value_steps", "after_value_cap": "vineppo.after_value_cap",
+    "gamma": "ppo.gamma", "lam": "ppo.lam", "value_clip_range": "ppo.value_clip_range", "value_lr": "ppo.value_lr",
+    "restem_max_per_prompt": "restem.max_per_prompt", "dpo_beta": "dpo_plus.beta", "dpo_lambda": "dpo_plus.lam",
+}
+
+
+class AlgoConfig(_Section):
+    name: str = "vineppo"
+    """The training method: a row of the method table (vineppo.algorithms.METHODS), the only thing it changes in
+    a run. The PPO family differs only in its credit estimator (vineppo.credit): "vineppo" (MC values at step
+    boundaries), the group baselines over the `samples_per_prompt` samples of a prompt, "grpo" (normalized by the
+    group's std) and "rloo" (leave-one-out mean), or "ppo" (a value network trained alongside the policy,
+    token-level GAE; PAPER-NOTES 2.5). "restem" fine-tunes on the correct samples; "dpo_plus" runs DPO-Positive
+    on correct/incorrect pairs of samples."""
+    vineppo: VinePPOOptions = VinePPOOptions()
+    ppo: PPOOptions = PPOOptions()
+    restem: RestEMOptions = RestEMOptions()
+    dpo_plus: DPOPlusOptions = DPOPlusOptions()
+    """Each method's own options live in its section (`algo.vineppo.k=3`); a key of one method cannot be given
+    to another (`algo.k` is unknown). The sections of the methods not chosen are not read, so one file can hold
+    the settings of several methods (configs/paper/ does)."""
     whiten_advantages: bool | None = None
-    """Whiten the advantages (mean 0, std 1 over `whiten_scope`); None: as the method does, `whitens`. PPO family."""
+    """Whiten the advantages (mean 0, std 1 over `whiten_scope`); None: as the method's row says (on for
+    vineppo and ppo, whose official trainer whitens; off for grpo and rloo, whose papers train on the
+    group-normalised or leave-one-out advantages as they are: whitening across groups would turn a group whose
+    rewards are all equal, advantage 0, into -mean/std on every token). PPO family."""
     whiten_scope: Literal["iteration", "mini_batch"] = "iteration"
     """What advantages are whitened over (mean and std of their response tokens, over every process):
     "mini_batch", each optimizer step's mini-batch apart, as the official trainer does (PAPER-NOTES 3.5); or
     "iteration", all of the iteration's at once, which makes the advantages independent of how the episodes are
     cut into mini-batches. PPO family."""
     clip_range: float = Field(0.2, gt=0)
+    """PPO's clip on the importance ratio. PPO family."""
     ratio_threshold: float | None = Field(None, gt=0)
     """A micro-batch whose importance ratio pi / pi_old, averaged over its response tokens, exceeds this
     contributes no gradient (its loss is multiplied by 0; counted in `loss/skipped`), as the official trainer
     guards each training step (its per-device batch; official: 10). None: no guard. PPO family."""
     kl_coef: float = Field(1e-4, ge=0)
-    """Paper: 1e-4 (k3, in the loss)."""
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Paper: 1e-4 (k3, in the loss). PPO family and restem."""
+    kl_estimator: KLEstimator = "k3"
     kl_aggregation: KLAggregation = "token_mean"
     """How the KL term is aggregated over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
     response tokens, like the policy loss; "sequence_mean"; or "sequence_sum", each response's sum over its
@@ -275,23 +319,15 @@ class AlgoConfig(_Section):
     """How the policy loss averages over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
     response tokens (paper), or "sequence_mean", the mean of each response's token-mean. PPO family and
     restem."""
-    restem_max_per_prompt: int = Field(10, ge=1)
-    """RestEM keeps at most this many correct samples of a prompt (paper: 10, from the ReST-EM paper)."""
-    dpo_beta: float = Field(0.3, gt=0)
-    """DPO+'s beta (paper: 0.3 on GSM8K, 0.1 on MATH)."""
-    dpo_lambda: float = Field(50.0, ge=0)
-    """DPO+'s weight on keeping the correct response's likelihood above the reference's (paper: 50; 0 = DPO)."""
 
+    @field_validator("name")
+    @classmethod
+    def _a_method_of_the_table(cls, name: str) -> str:
+        from vineppo.algorithms import METHODS  # the table imports the estimators, which import this module
 
-    @property
-    def whitens(self) -> bool:
-        """Whether advantages are whitened: `whiten_advantages`, or by default on for vineppo and ppo (the
-        official trainer whitens) and off for grpo and rloo, whose papers train on the group-normalised (GRPO) or
-        leave-one-out (RLOO) advantages as they are; whitening across groups would turn a group whose rewards are
-        all equal (advantage 0, no signal) into -mean/std on every token."""
-        if self.whiten_advantages is not None:
-            return self.whiten_advantages
-        return self.name in ("vineppo", "ppo")
+        if name not in METHODS:
+            raise ValueError(f"'{name}' is not a method; choose one of {', '.join(METHODS)}")
+        return name
 
 
 class TrainConfig(_Section):
@@ -360,7 +396,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{source}: unknown key '{key}'{_moved_hint(key)}")
         else:
             got = e.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -369,9 +405,16 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _moved_hint(key: str) -> str:
+    """Where a key of `algo` that moved into a method's section lives now."""
+    section, _, name = key.partition(".")
+    moved = MOVED_ALGO_KEYS.get(name) if section == "algo" else None
+    return f" (it is now 'algo.{moved}', an option of that method alone)" if moved else ""
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value, e.g. algo.k=9")
+        raise ConfigError(f"override '{text}': expected key=value, e.g. algo.vineppo.k=9")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
@@ -388,7 +431,8 @@ def _check_override_key(parts: list[str]) -> None:
     model: type[BaseModel] | None = Config
     for depth, part in enumerate(parts):
         if model is None or part not in model.model_fields:
-            raise ConfigError(f"override: unknown key '{'.'.join(parts[: depth + 1])}'")
+            key = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override: unknown key '{key}'{_moved_hint(key)}")
         annotation = model.model_fields[part].annotation
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 

@@ -41,6 +41,21 @@ def group_by_prompt(episodes: list[Episode]) -> list[list[Episode]]:
     return list(groups.values())
 
 
+def sample_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """What the policy's samples of an iteration were: reward, accuracy, unparsed and truncated shares, length."""
+    rewards = torch.tensor([e.reward for e in episodes])
+    policy_tokens = sum(len(e.response_ids) for e in episodes)
+    return {
+        "train/reward": rewards.mean().item(),
+        "train/accuracy": (rewards == 1.0).float().mean().item(),
+        "train/unparsed": sum(not e.parsed for e in episodes) / len(episodes),
+        "train/truncated": sum(e.finish_reason == "length" for e in episodes) / len(episodes),
+        "train/response_tokens": policy_tokens / len(episodes),
+        "train/all_rewards_equal": float(bool((rewards == rewards[0]).all())),
+        "tokens/policy": policy_tokens,
+    }
+
+
 def grade_responses(
     task: Task, problems: list[Problem], texts: list[str], finish_reasons: list[str]
 ) -> list[Grade]:

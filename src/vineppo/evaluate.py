@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from vineppo.engine.base import Engine, SamplingParams
-from vineppo.episodes import grade_responses
+from vineppo.rollout import State, rollout
 from vineppo.tasks.base import Problem, Task
 
 BREAKDOWN_FIELDS = ("subject", "level")
@@ -31,17 +31,14 @@ def evaluate_greedy(
 ) -> dict[str, float]:
     """Accuracy (mean reward of the greedy response), the fraction with no parseable answer, and the fraction
     cut off at the length limit."""
-    prompts = [encode(p.prompt) for p in problems]
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop_sequences)
-    completions = [c for (c,) in engine.generate(prompts, 1, params, on_progress=on_progress)]
-    grades = grade_responses(
-        task, problems, [decode(c.token_ids) for c in completions], [c.finish_reason for c in completions]
-    )
+    states = [State(p, encode(p.prompt), []) for p in problems]
+    greedy = [r for (r,) in rollout(engine, task, decode, states, 1, params, on_progress=on_progress)]
     count = max(len(problems), 1)
     return {
-        "eval/accuracy": sum(g.reward for g in grades) / count,
-        "eval/unparsed": sum(not g.parsed for g in grades) / count,
-        "eval/truncated": sum(c.finish_reason == "length" for c in completions) / count,
+        "eval/accuracy": sum(r.reward for r in greedy) / count,
+        "eval/unparsed": sum(not r.grade.parsed for r in greedy) / count,
+        "eval/truncated": sum(r.completion.finish_reason == "length" for r in greedy) / count,
     }
 
 
@@ -85,16 +82,13 @@ def evaluate_sampled(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[SampledResult]:
     """k responses per problem sampled with `params`, graded; answers normalised by removing whitespace."""
-    completions = engine.generate([encode(p.prompt) for p in problems], k, params, generator, on_progress)
-    flat = [(problem, c) for problem, samples in zip(problems, completions) for c in samples]
-    texts = [decode(c.token_ids) for _, c in flat]
-    grades = grade_responses(task, [p for p, _ in flat], texts, [c.finish_reason for _, c in flat])  # one batch
-    answers = [task.extract_answer(t) for t in texts]
-    answers = [None if a is None else "".join(a.split()) for a in answers]
-    return [
-        SampledResult(problem.id, [g.reward for g in grades[i * k : (i + 1) * k]], answers[i * k : (i + 1) * k])
-        for i, problem in enumerate(problems)
-    ]
+    states = [State(p, encode(p.prompt), []) for p in problems]
+    results = []
+    for problem, group in zip(problems, rollout(engine, task, decode, states, k, params, generator, on_progress)):
+        answers = [task.extract_answer(decode(r.completion.token_ids)) for r in group]
+        normalised = [None if a is None else "".join(a.split()) for a in answers]
+        results.append(SampledResult(problem.id, [r.reward for r in group], normalised))
+    return results
 
 
 def sampled_metrics(problems: list[Problem], results: list[SampledResult], k: int) -> dict[str, float]:

@@ -14,8 +14,9 @@ from typing import Callable, Literal
 
 import torch
 
-from vineppo.algorithms import KLAggregation, KLGradient, LossAggregation
-
+LossAggregation = Literal["token_mean", "sequence_mean"]  # token_weights
+KLAggregation = Literal["token_mean", "sequence_mean", "sequence_sum"]  # token_weights
+KLGradient = Literal["ratio_corrected", "plain"]  # kl_loss_terms
 KLEstimator = Literal["k1", "k2", "k3"]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 

@@ -123,13 +123,15 @@ def load_model(
 
 
 def load_value_model(
-    path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu", trust_remote_code: bool = False
+    path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu", trust_remote_code: bool = False,
+    seed: int = 0,
 ) -> PreTrainedModel:
     """The PPO baseline's value network: the policy's architecture with a scalar head on every token's last hidden
     state (PAPER-NOTES 2.5), as transformers' `AutoModelForTokenClassification` with one label (`score` head).
 
     From a causal LM (the SFT model) the body is copied and the new head is initialised as in the paper: weights
-    N(0, std 1/sqrt(h + 1)), bias 0 (the head has a bias, as the paper's). From a saved value network (a resumed
+    N(0, std 1/sqrt(h + 1)), bias 0 (the head has a bias, as the paper's), drawn from a generator seeded with
+    `seed` (the run's train.seed), so that a PPO run is reproducible. From a saved value network (a resumed
     run's `value/` directory) the trained head is kept. The head's dropout (transformers' default 0.1) is turned
     off: PAPER-NOTES records none, and with it the values of the credit pass and of the update would differ.
     """
@@ -150,7 +152,10 @@ def load_value_model(
         raise ModelLoadError(f"cannot load a value network from '{path}' ({exc})") from exc
     if "score.weight" in info["missing_keys"]:
         with torch.no_grad():
-            model.score.weight.normal_(0.0, 1.0 / math.sqrt(model.score.in_features + 1))
+            generator = torch.Generator().manual_seed(seed)
+            head = torch.empty(model.score.weight.shape).normal_(0.0, 1.0 / math.sqrt(model.score.in_features + 1),
+                                                               generator=generator)
+            model.score.weight.copy_(head)
             model.score.bias.zero_()
     return model.to(resolve_device(str(device)) if isinstance(device, str) else device)
 

@@ -18,14 +18,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 
-from vineppo.config import AlgoConfig, TrainConfig
+from vineppo.config import DPOPlusOptions, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt, join_rows
 from vineppo.losses import MiniBatchTotals, dpo_plus_loss
 from vineppo.restem import CORRECT_REWARD
-from vineppo.update import forward_logprobs, minibatch_steps, policy_stats
+from vineppo.update import forward_logprobs, minibatch_steps, planned_steps, policy_stats
+
+if TYPE_CHECKING:
+    from vineppo.context import Context
 
 
 @dataclass
@@ -46,6 +50,21 @@ class PairBatch:
     @property
     def ref_logp(self) -> torch.Tensor:
         return torch.cat([self.chosen_ref_logp, self.rejected_ref_logp])
+
+
+def train_dpo_plus(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    """DPO+'s update: pairs of this iteration's samples (shuffled with the iteration's seed), the reference's
+    sequence log-probs, then `dpo_plus_update`."""
+    train = ctx.cfg.train
+    pairs = make_pairs(episodes, random.Random(ctx.seed))
+    batches = prepare_pairs(ctx.reference, pairs, ctx.pad_id, pairs_per_micro_batch(train), ctx.device)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
+        stats = dpo_plus_update(
+            ctx.policy, ctx.optimizer, ctx.scheduler, batches, ctx.cfg.algo.dpo_plus, train, generator,
+            on_step=bar.advance,
+        )
+    return {**stats, "dpo/pairs": len(pairs)}
 
 
 def pairs_per_micro_batch(train: TrainConfig) -> int:
@@ -86,7 +105,7 @@ def prepare_pairs(
 
 
 def dpo_plus_update(
-    policy, optimizer, scheduler, batches: list[PairBatch], algo: AlgoConfig, train: TrainConfig,
+    policy, optimizer, scheduler, batches: list[PairBatch], options: DPOPlusOptions, train: TrainConfig,
     generator: torch.Generator, on_step=None,
 ) -> dict[str, float]:
     """`train.epochs` passes of DPO+ mini-batch steps over the prepared pairs."""
@@ -94,7 +113,7 @@ def dpo_plus_update(
     def micro_loss(trained, b: PairBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logp = sequence_logprobs(trained, b.tokens)
         p = len(logp) // 2
-        out = dpo_plus_loss(logp[:p], logp[p:], b.ref_logp[:p], b.ref_logp[p:], algo.dpo_beta, algo.dpo_lambda)
+        out = dpo_plus_loss(logp[:p], logp[p:], b.ref_logp[:p], b.ref_logp[p:], options.beta, options.lam)
         num_pairs = totals.sequences / 2
         loss = out.losses.sum() / num_pairs
         return loss, {

@@ -5,24 +5,49 @@ T 0.6; the correct ones kept, at most 10 per question) with an M-step of 8 SFT e
 round's checkpoint by validation accuracy. Here it runs in the trainer's loop like every other method, so that it
 is compared at equal prompts per iteration and equal wall-clock: an iteration's E-step is its
 `prompts_per_iteration` x `samples_per_prompt` samples, and its M-step is `train.epochs` passes of -log pi over
-the kept responses (plus `algo.kl_coef` times the KL penalty to the reference; the official config sets a KL
-penalty whose coefficient is not known). Departures, both configurable by other means: the M-step continues from
-the current policy instead of restarting from the base model as ReST-EM does, and there is no checkpoint
-selection on a validation set (the run's evaluations show every checkpoint's accuracy).
+the kept responses (at most `algo.restem.max_per_prompt` per prompt), plus `algo.kl_coef` times the KL penalty
+to the reference (the official config sets a KL penalty whose coefficient is not known). Departures, both
+configurable by other means: the M-step continues from the current policy instead of restarting from the base
+model as ReST-EM does, and there is no checkpoint selection on a validation set (the run's evaluations show
+every checkpoint's accuracy).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 
+from vineppo import sharding
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode
 from vineppo.losses import MiniBatchTotals, nll_loss, token_weights
-from vineppo.update import PreparedBatch, forward_logprobs, kl_penalty, minibatch_steps, policy_stats
+from vineppo.update import (
+    PreparedBatch, forward_logprobs, kl_penalty, minibatch_steps, planned_steps, policy_stats, prepare,
+)
+
+if TYPE_CHECKING:
+    from vineppo.context import Context
 
 CORRECT_REWARD = 1.0
+
+
+def train_restem(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    """RestEM's update: the kept samples, their log-probs at temperature 1, then `restem_update`."""
+    train = ctx.cfg.train
+    kept = select_correct(episodes, ctx.cfg.algo.restem.max_per_prompt)
+    with sharding.gathered(ctx.policy):  # no-grad passes, as many as this rank's samples
+        batches, _ = prepare(
+            ctx.policy, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=1.0,
+            whiten_advantages=False, device=ctx.device,
+        )
+    generator = torch.Generator().manual_seed(ctx.seed)
+    with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
+        stats = restem_update(
+            ctx.policy, ctx.optimizer, ctx.scheduler, batches, ctx.cfg.algo, train, generator, on_step=bar.advance
+        )
+    return {**stats, "restem/kept": len(kept) / len(episodes)}
 
 
 def select_correct(episodes: list[Episode], max_per_prompt: int) -> list[Episode]:

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 
 from vineppo import distributed, sharding, zero
-from vineppo.algorithms import PPO_FAMILY
+from vineppo.algorithms import METHODS, whitens
 from vineppo.checkpoint import (
     check_free_space,
     checkpoint_bytes,
@@ -36,10 +36,10 @@ from vineppo.checkpoint import (
     set_rng_state,
 )
 from vineppo.config import Config, ConfigError, config_to_yaml
-from vineppo.credit.group import GROUP_ESTIMATORS, group_credit
-from vineppo.credit.vine import vine_credit
-from vineppo.critic import Critic
-from vineppo.episodes import Episode, grade_responses
+from vineppo.context import Context
+from vineppo.credit import advantage_metrics
+from vineppo.credit.critic import Critic
+from vineppo.episodes import sample_metrics
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
@@ -48,16 +48,14 @@ from vineppo.models import (
     load_value_model,
     resolve_device,
 )
-from vineppo.preference import dpo_plus_update, make_pairs, pairs_per_micro_batch, prepare_pairs
 from vineppo.progress import Bars, make_console
 from vineppo.report.samples import episode_record
-from vineppo.restem import restem_update, select_correct
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.setup import build_setup
-from vineppo.tasks.base import Problem
 from vineppo.stepping import NonFiniteError
-from vineppo.update import micro_batches_per_step, ppo_update, prepare
+from vineppo.rollout import sample_episodes
+from vineppo.update import micro_batches_per_step
 
 CONFIG_FILE = "config.yaml"
 
@@ -163,16 +161,17 @@ class Trainer:
         tc = cfg.train
         self.optimizer, self.scheduler = self.distribute(self.policy, tc.lr)
 
+        self.method = METHODS[cfg.algo.name]
         self.critic: Critic | None = None
-        if cfg.algo.name == "ppo":
+        if self.method.value_model:
             if resumed and resumed.value_dir is None:
                 raise FileNotFoundError(f"the checkpoint of iteration {resumed.iteration} has no value network")
             value_path = str(resumed.value_dir) if resumed else init_path
-            value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code)
+            value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code, tc.seed)
             if checkpointing:
                 enable_activation_checkpointing(value_model)
-            value_lr = cfg.algo.value_lr if cfg.algo.value_lr is not None else tc.lr
-            self.critic = Critic(value_model, *self.distribute(value_model, value_lr), cfg.algo, tc)
+            value_lr = cfg.algo.ppo.value_lr if cfg.algo.ppo.value_lr is not None else tc.lr
+            self.critic = Critic(value_model, *self.distribute(value_model, value_lr), cfg.algo.ppo, tc)
 
         if self.is_main:
             models = [m for m in (self.policy, self.value_model) if m is not None]
@@ -278,142 +277,44 @@ class Trainer:
             )
 
     def iteration(self, iteration: int) -> dict[str, float]:
-        tc = self.cfg.train
+        """One iteration: sample -> credit -> update; returns its metrics, each part contributing its own."""
+        cfg, tc = self.cfg, self.cfg.train
         seed = iteration_seed(tc.seed, iteration)
-        generator = torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank()))
+        ctx = Context(
+            cfg, self.engine, self.task, self.decode, self.sampling, self.device, seed=seed,
+            generator=torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank())),
+            whiten=whitens(cfg.algo), policy=self.policy, optimizer=self.optimizer, scheduler=self.scheduler,
+            reference=self.reference, critic=self.critic, bars=self.bars,
+        )
         timings: dict[str, float] = {}
+        metrics: dict[str, float] = {"tokens/mc": 0}  # MC rollout tokens: VinePPO's estimator reports its own
 
         problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
         problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
         with sharding.gathered(self.policy, self.value_model):  # the ranks generate unequal amounts
             with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
-                episodes = self.sample(problems, generator, bar.advance)
+                episodes = sample_episodes(ctx, problems, tc.samples_per_prompt, self.encode, bar.advance)
             with self.timed("credit", timings):
-                credit_metrics = self.assign_credit(episodes, generator)
+                if self.method.credit is not None:
+                    metrics.update(self.method.credit(episodes, ctx))
         finite = all(math.isfinite(a) for e in episodes for a in e.advantages)
         if distributed.sum_over_ranks(torch.tensor([0.0 if finite else 1.0])).item() > 0:  # every rank stops
             raise NonFiniteError("the advantages contain NaN or inf")
         if self.log is not None:
-            shown = episodes[: self.cfg.logging.samples_per_iteration]
+            shown = episodes[: cfg.logging.samples_per_iteration]
             self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
 
         with self.timed("update", timings):
-            update_stats = self.update(episodes, seed)
+            metrics.update(self.method.update(episodes, ctx))
             self.engine.sync_weights()
         catch_up(self.scheduler, (iteration + 1) * self.steps_per_iteration)
-
-        rewards = torch.tensor([e.reward for e in episodes])
-        advantages = torch.tensor([a for e in episodes for a in e.advantages] or [0.0])
-        values = torch.tensor([v for e in episodes for v in e.step_values] or [0.0])
-        policy_tokens = sum(len(e.response_ids) for e in episodes)
         return {
-            "train/reward": rewards.mean().item(),
-            "train/accuracy": (rewards == 1.0).float().mean().item(),
-            "train/unparsed": sum(not e.parsed for e in episodes) / len(episodes),
-            "train/truncated": sum(e.finish_reason == "length" for e in episodes) / len(episodes),
-            "train/response_tokens": policy_tokens / len(episodes),
-            "train/all_rewards_equal": float(bool((rewards == rewards[0]).all())),
-            "advantage/mean": advantages.mean().item(),
-            "advantage/std": advantages.std().item() if advantages.numel() > 1 else 0.0,
-            "advantage/min": advantages.min().item(),
-            "advantage/max": advantages.max().item(),
-            "value/mc_mean": values.mean().item(),
-            "value/mc_std": values.std().item() if values.numel() > 1 else 0.0,
-            "value/steps_per_response": sum(len(e.step_starts) for e in episodes) / len(episodes),
-            "tokens/policy": policy_tokens,
-            **credit_metrics,
-            **update_stats,
+            **sample_metrics(episodes),
+            **advantage_metrics(episodes),
+            **metrics,
             **self.grader_metrics(),
             **{f"time/{name}": seconds for name, seconds in timings.items()},
         }
-
-    def assign_credit(self, episodes: list[Episode], generator: torch.Generator) -> dict[str, float]:
-        """Fill every episode's advantages with the estimator `algo.name` names; return its own metrics.
-
-        The group baselines spend no rollouts: `tokens/mc` and `value/mc_unparsed` are 0, `value/states` counts
-        the groups, and the other `value/*` metrics describe the group mean rewards (their `step_values`).
-        PPO spends none either; its `value/*` metrics describe the value network's predictions at the step
-        boundaries, and `value/states` counts those boundaries.
-        """
-        algo = self.cfg.algo
-        if algo.name not in PPO_FAMILY:  # restem and dpo_plus use the rewards alone
-            return {"tokens/mc": 0}
-        if algo.name == "ppo":
-            return self.critic.assign_credit(episodes, self.engine.pad_token_id, self.decode, self.device)
-        if algo.name in GROUP_ESTIMATORS:
-            groups = group_credit(episodes, GROUP_ESTIMATORS[algo.name])
-            return {
-                "value/states": groups.num_groups,
-                "tokens/mc": 0,
-                "value/mc_unparsed": 0.0,
-                "value/equal_reward_groups": groups.equal_reward_groups / groups.num_groups,
-            }
-        with self.bars.phase("MC rollouts", None) as bar:
-            vine = vine_credit(
-                episodes, self.engine, self.task, self.decode, algo.k, self.sampling, algo.max_value_steps,
-                algo.after_value_cap, generator=generator, on_progress=bar.advance, on_total=bar.set_total,
-            )
-        return {
-            "value/states": vine.num_states,
-            "tokens/mc": vine.mc_tokens,
-            "value/mc_unparsed": vine.mc_unparsed / max(1, vine.num_states * algo.k),
-        }
-
-    def update(self, episodes: list[Episode], seed: int) -> dict[str, float]:
-        """The policy update `algo.name` names (and the value network's, for ppo)."""
-        algo, tc = self.cfg.algo, self.cfg.train
-        pad_id, temperature = self.engine.pad_token_id, self.sampling.temperature
-        optimizer = (self.policy, self.optimizer, self.scheduler)
-        generator = torch.Generator().manual_seed(seed)
-        if algo.name == "restem":
-            kept = select_correct(episodes, algo.restem_max_per_prompt)
-            with sharding.gathered(self.policy):  # no-grad passes, as many as this rank's samples
-                batches, _ = prepare(
-                    self.policy, self.reference, kept, pad_id, tc.micro_batch_size, 1.0, False, self.device
-                )
-            with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
-                stats = restem_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
-            return {**stats, "restem/kept": len(kept) / len(episodes)}
-        if algo.name == "dpo_plus":
-            pairs = make_pairs(episodes, random.Random(seed))
-            batches = prepare_pairs(self.reference, pairs, pad_id, pairs_per_micro_batch(tc), self.device)
-            with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
-                stats = dpo_plus_update(*optimizer, batches, algo, tc, generator, on_step=bar.advance)
-            return {**stats, "dpo/pairs": len(pairs)}
-
-        with sharding.gathered(self.policy):
-            batches, gap = prepare(
-                self.policy, self.reference, episodes, pad_id, tc.micro_batch_size, temperature,
-                algo.whitens and algo.whiten_scope == "iteration", self.device,
-            )
-        with self.bars.phase("update", self.planned_steps(len(batches))) as bar:
-            stats = ppo_update(*optimizer, batches, algo, tc, temperature, generator, on_step=bar.advance)
-        if self.critic is not None:
-            with self.bars.phase("value update", self.planned_steps(len(batches))) as bar:
-                stats.update(self.critic.update(torch.Generator().manual_seed(seed), on_step=bar.advance))
-        return {**stats, **gap}
-
-    def planned_steps(self, micro_batches: int) -> int:
-        """Optimizer steps of an update over this many micro-batches (vineppo.update.minibatch_steps)."""
-        return self.cfg.train.epochs * math.ceil(micro_batches / micro_batches_per_step(self.cfg.train))
-
-    def sample(self, problems: list[Problem], generator: torch.Generator, advance) -> list[Episode]:
-        n = self.cfg.train.samples_per_prompt
-        prompts = [self.encode(p.prompt) for p in problems]
-        completions = self.engine.generate(prompts, n, self.sampling, generator=generator, on_progress=advance)
-        flat = [(index, c) for index, group in enumerate(completions) for c in group]
-        grades = grade_responses(
-            self.task, [problems[i] for i, _ in flat], [self.decode(c.token_ids) for _, c in flat],
-            [c.finish_reason for _, c in flat],
-        )
-        return [
-            Episode(
-                prompt_index=index, problem=problems[index], prompt_ids=prompts[index],
-                response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
-                finish_reason=completion.finish_reason, reward=grade.reward, parsed=grade.parsed,
-            )
-            for (index, completion), grade in zip(flat, grades)
-        ]
 
     def evaluate(self) -> dict[str, float]:
         """Greedy test metrics. Every rank calls it (sharded weights are gathered for it); rank 0 alone evaluates,

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from vineppo import distributed, stepping
+from vineppo import distributed, sharding, stepping
 from vineppo.config import AlgoConfig, ConfigError, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate, join_rows, split_rows
 from vineppo.losses import (
     KLPenalty, MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
 from vineppo.stepping import NonFiniteError
+
+if TYPE_CHECKING:
+    from vineppo.context import Context
 
 
 @dataclass
@@ -47,11 +50,12 @@ def micro_batches(episodes: list[Episode], size: int) -> list[list[Episode]]:
 
 @torch.no_grad()
 def prepare(
-    policy, reference, episodes: list[Episode], pad_id: int, micro_batch_size: int, temperature: float,
+    policy, reference, episodes: list[Episode], pad_id: int, micro_batch_size: int, *, temperature: float,
     whiten_advantages: bool, device: torch.device,
 ) -> tuple[list[PreparedBatch], dict[str, float]]:
-    """Collate micro-batches and compute old and reference log-probs; with `whiten_advantages`, whiten the
-    advantages over the iteration (algo.whiten_scope "iteration")."""
+    """Collate micro-batches and compute old and reference log-probs at `temperature` (the sampling temperature
+    for PPO, whose ratio is to the sampling policy; 1 for RestEM's supervised loss); with `whiten_advantages`,
+    whiten the advantages over the iteration (algo.whiten_scope "iteration")."""
     was_training = policy.training
     policy.eval()
     batches, gap_sum, tokens_total = [], 0.0, 0.0
@@ -177,10 +181,11 @@ def minibatch_steps(
 
 def ppo_update(
     policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
-    temperature: float, generator: torch.Generator, on_step=None,
+    temperature: float, generator: torch.Generator, on_step=None, whiten: bool = False,
 ) -> dict[str, float]:
-    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches (whitening their
-    advantages per mini-batch under algo.whiten_scope "mini_batch"; `prepare` whitens the iteration's)."""
+    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches (with `whiten`
+    under algo.whiten_scope "mini_batch", whitening their advantages per mini-batch; `prepare` whitens the
+    iteration's)."""
     penalty = kl_penalty(algo)
 
     def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -198,11 +203,38 @@ def ppo_update(
             "policy/entropy": (entropy * weights).sum(),
         }
 
-    per_mini_batch = whitened if algo.whitens and algo.whiten_scope == "mini_batch" else None
+    per_mini_batch = whitened if whiten and algo.whiten_scope == "mini_batch" else None
     stats = minibatch_steps(
         policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch
     )
     return policy_stats(stats)
+
+
+def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    """The PPO family's update: old and reference log-probs at the sampling temperature, then `ppo_update`; and,
+    for a method with a value network (ctx.critic), the value network's epochs over the same micro-batches."""
+    algo, train = ctx.cfg.algo, ctx.cfg.train
+    temperature = ctx.sampling.temperature
+    with sharding.gathered(ctx.policy):  # no-grad passes, as many as this rank's samples
+        batches, gap = prepare(
+            ctx.policy, ctx.reference, episodes, ctx.pad_id, train.micro_batch_size, temperature=temperature,
+            whiten_advantages=ctx.whiten and algo.whiten_scope == "iteration", device=ctx.device,
+        )
+    generator = torch.Generator().manual_seed(ctx.seed)
+    with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
+        stats = ppo_update(
+            ctx.policy, ctx.optimizer, ctx.scheduler, batches, algo, train, temperature, generator,
+            on_step=bar.advance, whiten=ctx.whiten,
+        )
+    if ctx.critic is not None:
+        with ctx.bars.phase("value update", planned_steps(train, len(batches))) as bar:
+            stats.update(ctx.critic.update(torch.Generator().manual_seed(ctx.seed), on_step=bar.advance))
+    return {**stats, **gap}
+
+
+def planned_steps(train: TrainConfig, micro_batches: int) -> int:
+    """Optimizer steps of an update over this many micro-batches (`minibatch_steps`), for its progress bar."""
+    return train.epochs * math.ceil(micro_batches / micro_batches_per_step(train))
 
 
 def policy_stats(stats: dict[str, float]) -> dict[str, float]:

@@ -13,24 +13,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from vineppo.credit.vine import mc_values
-from vineppo.critic import predict_values
-from vineppo.engine.base import Completion, Engine, ProgressCallback, SamplingParams
+from vineppo.credit.critic import predict_values
+from vineppo.engine.base import Engine, ProgressCallback, SamplingParams
 from vineppo.episodes import Episode, collate
+from vineppo.rollout import Rollout, State
 from vineppo.steps import TokenTexts, estimated_boundaries, split_steps
-from vineppo.tasks.base import Problem, Task
-
-
-@dataclass(frozen=True)
-class State:
-    problem: Problem
-    prompt_ids: list[int]
-    response_ids: list[int]  # the response tokens before the step boundary
-    step: int  # how many steps `response_ids` holds
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.prompt_ids + self.response_ids
+from vineppo.tasks.base import Problem
 
 
 @dataclass(frozen=True)
@@ -66,27 +54,8 @@ def held_out_states(
     return HeldOutStates([candidates[i] for i in chosen], len(problems), len(candidates))
 
 
-def rollout_values(
-    engine: Engine,
-    task: Task,
-    decode: Callable[[list[int]], str],
-    states: Sequence[State],
-    n: int,
-    params: SamplingParams,
-    generator: torch.Generator,
-    on_progress: ProgressCallback | None = None,
-) -> tuple[list[float], list[list[Completion]]]:
-    """The mean reward of `n` continuations of every state, and the continuations: exactly VinePPO's MC values
-    (vineppo.credit.vine.mc_values, with its per-state token budgets)."""
-    mc = mc_values(
-        engine, task, decode, [(s.problem, s.prompt_ids, s.response_ids) for s in states], n, params, generator,
-        on_progress,
-    )
-    return mc.values, mc.completions
-
-
 def alternative_next_states(
-    state: State, rollouts: Sequence[Completion], token_texts: TokenTexts
+    state: State, rollouts: Sequence[Rollout], token_texts: TokenTexts
 ) -> tuple[State, State] | None:
     """The states one step after `state` along the first two rollouts whose first steps differ, or None.
 
@@ -94,10 +63,11 @@ def alternative_next_states(
     value is the reward itself and a value network is never asked (its last prediction is before eos)."""
     first_step: list[int] | None = None
     for rollout in rollouts:
-        starts = split_steps(token_texts(rollout.token_ids))
+        token_ids = rollout.completion.token_ids
+        starts = split_steps(token_texts(token_ids))
         if len(starts) < 2:
             continue
-        step = rollout.token_ids[: starts[1]]
+        step = token_ids[: starts[1]]
         if first_step is None:
             first_step = step
         elif step != first_step:
@@ -112,7 +82,7 @@ def alternative_next_states(
 def value_network_values(
     model, states: Sequence[State], pad_id: int, device: torch.device, batch_size: int
 ) -> list[float]:
-    """V(state) as the PPO critic reads it at a step boundary (vineppo.critic): the value head's output at the
+    """V(state) as the PPO critic reads it at a step boundary (vineppo.credit.critic): the value head's output at the
     position that predicts the first response token after the boundary, i.e. at the state's last token.
 
     collate() places a response's values at the positions predicting its tokens, so each state is given one

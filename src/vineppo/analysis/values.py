@@ -5,8 +5,8 @@ From the latest checkpoint of a run:
   1. held-out states: one response per test problem sampled by the checkpoint's policy with the run's sampling
      settings, cut into steps; `states` of their step boundaries drawn at random;
   2. ground truth: the mean reward of `ground_truth_rollouts` continuations from each state (the paper: 256);
-  3. VinePPO's estimate: the mean reward of `k` fresh continuations (default the run's algo.k), drawn after and
-     independently of the ground-truth ones;
+  3. VinePPO's estimate: the mean reward of `k` fresh continuations (default the run's algo.vineppo.k), drawn after
+     and independently of the ground-truth ones;
   4. the value network's prediction at the same boundary (the run's own if it is a PPO run, or `value_run`'s);
   5. mean absolute error of each against the ground truth, and step-ranking accuracy: from each state, the first
      two ground-truth rollouts whose first steps differ (and do not finish the response) give two next states,
@@ -32,13 +32,7 @@ import torch
 from rich.console import Console
 
 from vineppo.analysis.plots import plot_error_histogram, plot_scatter
-from vineppo.analysis.states import (
-    State,
-    alternative_next_states,
-    held_out_states,
-    rollout_values,
-    value_network_values,
-)
+from vineppo.analysis.states import alternative_next_states, held_out_states, value_network_values
 from vineppo.analysis.stats import (
     Estimate,
     absolute_errors,
@@ -48,8 +42,10 @@ from vineppo.analysis.stats import (
 )
 from vineppo.checkpoint import Resumed, load_latest
 from vineppo.config import load_config
+from vineppo.credit.vine import mc_values
 from vineppo.models import load_value_model, resolve_device
 from vineppo.progress import Bars, make_console
+from vineppo.rollout import State
 from vineppo.steps import TokenTexts
 from vineppo.setup import build_setup
 from vineppo.trainer import CONFIG_FILE
@@ -65,7 +61,7 @@ class AnalysisError(ValueError):
 class ValueAnalysisSettings:
     states: int = 256  # the paper's analyses use at most 256 states (PAPER-NOTES 1.4)
     ground_truth_rollouts: int = 256
-    k: int | None = None  # None: the run's algo.k
+    k: int | None = None  # None: the run's algo.vineppo.k
     seed: int = 0
 
     def __post_init__(self):
@@ -104,7 +100,7 @@ def analyze_values(
         raise AnalysisError(f"--value-run {value_run}: its latest checkpoint has no value network (not a PPO run)")
 
     cfg = load_config(run_dir / CONFIG_FILE)
-    k = settings.k or cfg.algo.k
+    k = settings.k or cfg.algo.vineppo.k
     device = resolve_device(cfg.model.device)
     model_cfg = cfg.model
     # what the run sampled with: the task with its prompt format and stop strings, the run's engine
@@ -118,38 +114,38 @@ def analyze_values(
     with Bars(console, cfg.logging.progress if progress is None else progress) as bars:
         with bars.phase("test responses", len(problems)) as bar:
             held_out = held_out_states(
-                engine, encode, token_texts, problems, settings.states, params, cfg.algo.max_value_steps,
+                engine, encode, token_texts, problems, settings.states, params, cfg.algo.vineppo.max_value_steps,
                 generator, random.Random(settings.seed), bar.advance,
             )
         states = held_out.states
         with bars.phase("ground truth", len(states)) as bar:
-            truth, rollouts = rollout_values(
+            truth = mc_values(
                 engine, task, decode, states, settings.ground_truth_rollouts, params, generator, bar.advance
             )
-        pairs = [p for p in (alternative_next_states(s, r, token_texts) for s, r in zip(states, rollouts)) if p]
+        pairs = [alternative_next_states(s, r, token_texts) for s, r in zip(states, truth.rollouts)]
+        pairs = [p for p in pairs if p]
         next_states = [s for pair in pairs for s in pair]
         with bars.phase("ground truth, next states", len(next_states)) as bar:
-            next_truth, _ = rollout_values(
+            next_truth = mc_values(
                 engine, task, decode, next_states, settings.ground_truth_rollouts, params, generator, bar.advance
             )
         every_state = states + next_states
         with bars.phase(f"MC estimate (K={k})", len(every_state)) as bar:
-            mc_values, _ = rollout_values(engine, task, decode, every_state, k, params, generator, bar.advance)
-        estimates = {MC: mc_values}
+            estimates = {MC: mc_values(engine, task, decode, every_state, k, params, generator, bar.advance).values}
         if value_dir is not None:
             value_model = load_value_model(value_dir, model_cfg.dtype, device, model_cfg.trust_remote_code)
             estimates[VALUE_NETWORK] = value_network_values(
                 value_model, every_state, engine.pad_token_id, device, cfg.train.micro_batch_size
             )
 
-    figures = summarize(states, truth, next_truth, estimates, k)
+    figures = summarize(states, truth.values, next_truth.values, estimates, k)
     result = {
         "run": str(run_dir),
         "checkpoint_iteration": checkpoint.iteration,
         "value_network_from": str(value_dir) if value_dir is not None else None,
         "settings": {
             **asdict(settings), "k": k, "temperature": params.temperature, "top_p": params.top_p,
-            "max_new_tokens": params.max_new_tokens, "max_value_steps": cfg.algo.max_value_steps,
+            "max_new_tokens": params.max_new_tokens, "max_value_steps": cfg.algo.vineppo.max_value_steps,
         },
         "counts": {
             "test_responses": held_out.responses, "candidate_states": held_out.candidates, "states": len(states),

@@ -2,7 +2,7 @@
 
 Every run uses the same config (by default the quickstart's task, SFT model, engine, prompts and samples per
 iteration, seed and update settings; `config_paths` and `overrides` change it for all runs alike) except
-`algo.name` and, for the K ablation, `algo.k`. Each run gets the same budget of
+`algo.name` and, for the K ablation, `algo.vineppo.k`. Each run gets the same budget of
 training seconds (sampling + credit + update; evaluation is not counted), and greedy test accuracy is measured
 every `eval_seconds` of training time, so every method is evaluated at the same points of its budget.
 `train.iterations` is set far beyond what the budget reaches (1000), so the learning-rate schedule is the same,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vineppo.algorithms import ALGORITHMS
+from vineppo.algorithms import METHODS
 from vineppo.config import ConfigPaths, load_config
 from vineppo.progress import Bars, make_console
 from vineppo.trainer import Trainer
@@ -38,11 +38,11 @@ class RunSpec:
 
 def run_specs(methods: list[str], k_values: list[int], base_k: int) -> list[RunSpec]:
     """One run per method, then VinePPO once per K of the ablation (the base config's K is not rerun)."""
-    unknown = [m for m in methods if m not in ALGORITHMS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(ALGORITHMS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     specs = [RunSpec(m, (f"algo.name={m}",)) for m in methods]
-    specs += [RunSpec(f"vineppo K={k}", ("algo.name=vineppo", f"algo.k={k}")) for k in k_values if k != base_k]
+    specs += [RunSpec(f"vineppo K={k}", ("algo.name=vineppo", f"algo.vineppo.k={k}")) for k in k_values if k != base_k]
     return specs
 
 
@@ -137,7 +137,7 @@ def compare(
 ) -> str:
     """Run every spec one after the other, write results and plots to `out`, return the markdown table."""
     console = console or make_console()
-    base_k = load_config(config_paths, list(overrides)).algo.k
+    base_k = load_config(config_paths, list(overrides)).algo.vineppo.k
     specs = run_specs(methods, k_values, base_k)
     out.mkdir(parents=True, exist_ok=True)
     base = (config_paths, list(overrides))

@@ -5,17 +5,19 @@ all other settings not found; that code was not released). What we choose, and w
 - the group is the `samples_per_prompt` responses to one prompt of the iteration (`Episode.prompt_index`);
 - the episode's advantage goes to every one of its response tokens (outcome supervision, no per-step credit);
 - everything else is the VinePPO run unchanged (the same sampling, the same PPO-clip + KL update), except that
-  the advantages are not whitened across the batch by default (`AlgoConfig.whitens`): neither paper does, and
+  the advantages are not whitened across the batch by default (the `whitens` of their rows in vineppo.algorithms): neither paper does, and
   whitening would give a group whose rewards are all equal, advantage 0, -mean/std on every token.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from vineppo.episodes import Episode, group_by_prompt
+
+if TYPE_CHECKING:
+    from vineppo.context import Context
 
 GroupEstimator = Callable[[Sequence[float]], list[float]]
 
@@ -47,17 +49,9 @@ def rloo_advantages(rewards: Sequence[float]) -> list[float]:
     return [r - (total - r) / (n - 1) for r in rewards]
 
 
-GROUP_ESTIMATORS: dict[str, GroupEstimator] = {"grpo": grpo_advantages, "rloo": rloo_advantages}
-
-
-@dataclass
-class GroupStats:
-    num_groups: int  # prompts
-    equal_reward_groups: int  # groups whose rewards are all equal: every advantage 0, no learning signal
-
-
-def group_credit(episodes: list[Episode], estimator: GroupEstimator) -> GroupStats:
-    """Fill `advantages`, `step_starts` and `step_values` of every episode from its group's rewards.
+def group_credit(episodes: list[Episode], estimator: GroupEstimator) -> dict[str, float]:
+    """Fill `advantages`, `step_starts` and `step_values` of every episode from its group's rewards; return the
+    number of groups (`value/states`) and the share whose rewards are all equal (every advantage 0, no signal).
 
     Episodes are grouped by `prompt_index`, in any order. The whole response is one step (`step_starts = [0]`)
     whose value is the group's mean reward, so the `value/*` metrics report the group baselines. (RLOO's
@@ -74,4 +68,12 @@ def group_credit(episodes: list[Episode], estimator: GroupEstimator) -> GroupSta
             episode.advantages = [advantage] * len(episode.response_ids)
             episode.step_starts = [0]
             episode.step_values = [baseline]
-    return GroupStats(num_groups=len(groups), equal_reward_groups=equal)
+    return {"value/states": len(groups), "value/equal_reward_groups": equal / len(groups)}
+
+
+def grpo_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    return group_credit(episodes, grpo_advantages)
+
+
+def rloo_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    return group_credit(episodes, rloo_advantages)

@@ -1,8 +1,8 @@
 """The PPO baseline's value network (PAPER-NOTES 2.5): credit from its predictions, then its own update.
 
-Per iteration: `assign_credit` predicts V(s_t) at every response token (no grad), turns them into token-level
-GAE advantages and returns (vineppo.credit.gae), and keeps the returns and old values of every micro-batch.
-After the policy's PPO update, `update` runs `train.epochs` passes of the clipped value loss over the same
+Per iteration: `assign_credit` (PPO's credit estimator, `critic_credit`) predicts V(s_t) at every response token
+(no grad), turns them into token-level GAE advantages and returns (vineppo.credit.gae), and keeps the returns and
+old values of every micro-batch. After the policy's PPO update (vineppo.update.train_ppo), `update` runs `train.epochs` passes of the clipped value loss over the same
 mini-batches (the same micro-batches, shuffled by a generator seeded like the policy's), with the same
 micro-batching, token-mean and gradient clipping as the policy (vineppo.update.minibatch_steps).
 
@@ -18,17 +18,20 @@ advantages and returns are fixed before either starts), so the order changes not
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from vineppo import sharding
-from vineppo.config import AlgoConfig, TrainConfig
+from vineppo.config import PPOOptions, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import MiniBatchTotals, clipped_value_loss, masked_mean_var
 from vineppo.steps import TokenTexts, split_steps
 from vineppo.update import micro_batches, minibatch_steps
+
+if TYPE_CHECKING:
+    from vineppo.context import Context
 
 
 @dataclass
@@ -64,9 +67,9 @@ def explained_variance(
 class Critic:
     """The value network with its optimizer and schedule, and the targets of the iteration in progress."""
 
-    def __init__(self, model, optimizer, scheduler, algo: AlgoConfig, train: TrainConfig):
+    def __init__(self, model, optimizer, scheduler, options: PPOOptions, train: TrainConfig):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.algo, self.train = algo, train
+        self.options, self.train = options, train
         self.batches: list[ValueBatch] = []
 
     @torch.no_grad()
@@ -89,7 +92,7 @@ class Critic:
                 response = tokens.response_mask[row].bool()
                 response_values = values[row, response].cpu()
                 rewards = outcome_rewards(len(response_values), episode.reward)
-                advantages, episode_returns = gae(rewards, response_values, self.algo.gamma, self.algo.lam)
+                advantages, episode_returns = gae(rewards, response_values, self.options.gamma, self.options.lam)
                 returns[row, response] = episode_returns.to(device)
                 episode.advantages = advantages.tolist()
                 episode.step_starts = split_steps(token_texts(episode.response_ids))
@@ -100,14 +103,12 @@ class Critic:
         mask = torch.cat([b.tokens.response_mask.flatten() for b in self.batches])
         return {
             "value/states": sum(len(e.step_starts) for e in episodes),
-            "tokens/mc": 0,
-            "value/mc_unparsed": 0.0,
             "value/explained_variance": explained_variance(old_values, returns, mask),
         }
 
     def update(self, generator: torch.Generator, on_step=None) -> dict[str, float]:
         """`train.epochs` passes of the clipped value loss over the batches of the last `assign_credit`."""
-        clip_range = self.algo.value_clip_range
+        clip_range = self.options.value_clip_range
 
         def micro_loss(trained, b: ValueBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             values = predict_values(trained, b.tokens)
@@ -131,3 +132,9 @@ class Critic:
     def load_state_dict(self, state: dict) -> None:
         sharding.load_optimizer_state(self.model, self.optimizer, state["value_optimizer"])
         self.scheduler.load_state_dict(state["value_scheduler"])
+
+
+def critic_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
+    """PPO's credit: the value network's GAE advantages (the run's `Critic`, which `update` trains after the
+    policy's update)."""
+    return ctx.critic.assign_credit(episodes, ctx.pad_id, ctx.decode, ctx.device)
