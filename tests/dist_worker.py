@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_update import episodes  # noqa: E402
 from tiny import TINY  # noqa: E402
 
-from vineppo import distributed, sharding, stepping, zero  # noqa: E402
-from vineppo.update import micro_batches_per_step  # noqa: E402
 from vineppo.checkpoint import load_latest  # noqa: E402
 from vineppo.config import AlgoConfig, TrainConfig, load_config  # noqa: E402
+from vineppo.parallel import distributed, stepping  # noqa: E402
+from vineppo.parallel.backend import Trained, Zero, backend_from_launch  # noqa: E402
 from vineppo.trainer import Trainer  # noqa: E402
 from vineppo.restem import restem_update  # noqa: E402
 from vineppo.update import ppo_update, prepare  # noqa: E402
@@ -39,10 +39,10 @@ def tiny_policy() -> LlamaForCausalLM:
                                         intermediate_size=64, max_position_embeddings=64))
 
 
-def updated(mine: list, settings: sharding.FSDPSettings | zero.ZeroSettings | None = None, method: str = "ppo") -> dict:
+def updated(mine: list, method: str = "ppo") -> dict:
     """The parameter change and statistics of one update (2 epochs; PPO: one mini-batch of the 8 episodes of
     test_update.episodes, RestEM: mini-batches of 4 in micro-batches of 1) from `mine`, this process's share of
-    them; with FSDP or ZeRO `settings` the policy is sharded, and the change is returned on rank 0 only."""
+    them; under an FSDP or ZeRO launch the policy is sharded, and the change is returned on rank 0 only."""
     model = tiny_policy()
     mini, micro = (8, 2) if method == "ppo" else (4, 1)
     train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=mini, micro_batch_size=micro,
@@ -53,22 +53,19 @@ def updated(mine: list, settings: sharding.FSDPSettings | zero.ZeroSettings | No
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p))
     before = copy.deepcopy(policy)
-    if isinstance(settings, sharding.FSDPSettings):
-        sharding.shard(policy, settings)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    if isinstance(settings, zero.ZeroSettings):
-        zero.initialize(policy, optimizer, settings, train, micro_batches_per_step(train))
+    backend = backend_from_launch(train)
+    optimizer = backend.wrap(policy, lambda params: torch.optim.AdamW(params, lr=1e-2))
+    trained = Trained(policy, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), backend)
     temperature = 0.7 if method == "ppo" else 1.0
-    with sharding.gathered(policy):
+    with trained.gathered():
         batches, _ = prepare(policy, reference, mine, pad_id=0, micro_batch_size=train.micro_batch_size,
                              temperature=temperature, whiten_advantages=method == "ppo", device=torch.device("cpu"))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     generator = torch.Generator().manual_seed(0)
     if method == "ppo":
-        stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, temperature, generator)
+        stats = ppo_update(trained, batches, algo, train, temperature, generator)
     else:
-        stats = restem_update(policy, optimizer, scheduler, batches, algo, train, generator)
-    after = sharding.full_weights(policy)
+        stats = restem_update(trained, batches, algo, train, generator)
+    after = trained.full_weights()
     if after is None:  # the model holds its full weights
         after = {name: p.detach() for name, p in policy.named_parameters()}
     deltas = {name: after[name] - p.detach() for name, p in before.named_parameters() if name in after}
@@ -78,7 +75,7 @@ def updated(mine: list, settings: sharding.FSDPSettings | zero.ZeroSettings | No
 def update(out: Path) -> None:
     distributed.init(cpu=True)
     rank, world = distributed.rank(), distributed.world_size()
-    result = updated(episodes()[rank::world], sharding.settings_from_env())
+    result = updated(episodes()[rank::world])
     if result["deltas"]:
         torch.save(result, out / f"update_rank{rank}.pt")
 
@@ -87,7 +84,7 @@ def uneven_update(out: Path) -> None:
     """A RestEM update where rank 0 kept 3 samples and rank 1 one: rank 1 runs out of micro-batches."""
     distributed.init(cpu=True)
     rank = distributed.rank()
-    result = updated(episodes()[:3] if rank == 0 else episodes()[3:4], sharding.settings_from_env(), "restem")
+    result = updated(episodes()[:3] if rank == 0 else episodes()[3:4], "restem")
     if result["deltas"]:
         torch.save(result, out / f"update_rank{rank}.pt")
 
@@ -97,7 +94,7 @@ def train(out: Path) -> None:
                              "train.micro_batch_size=2"])
     trainer = Trainer(cfg, out / "run")
     trainer.train()
-    params = {name: p.detach() for name, p in trainer.policy.named_parameters()}
+    params = {name: p.detach() for name, p in trainer.policy.model.named_parameters()}
     torch.save(params, out / f"params_rank{distributed.rank()}.pt")
 
 
@@ -106,7 +103,7 @@ def train_resume(out: Path) -> None:
                  "train.micro_batch_size=1", "train.eval_every=3"]
     Trainer(load_config(None, [*overrides, "train.iterations=2"]), out / "run").train()
     resumed = Trainer(load_config(None, [*overrides, "train.iterations=3"]), out / "run", resume=True)
-    loaded, weights = sharding.optimizer_state(resumed.policy, resumed.optimizer), sharding.full_weights(resumed.policy)
+    loaded, weights = resumed.policy.optimizer_state(), resumed.policy.full_weights()
     if resumed.is_main:
         saved = load_latest(out / "run").state["optimizer"]["state"]
         same = loaded["state"].keys() == saved.keys() and all(
@@ -115,7 +112,7 @@ def train_resume(out: Path) -> None:
         (out / "optimizer_state_matches").write_text(str(same))
         torch.save(weights, out / "weights_after_2.pt")
     resumed.train()
-    weights = sharding.full_weights(resumed.policy)
+    weights = resumed.policy.full_weights()
     if resumed.is_main:
         torch.save(weights, out / "weights_after_3.pt")
 
@@ -123,15 +120,16 @@ def train_resume(out: Path) -> None:
 def nonfinite(out: Path) -> None:
     distributed.init(cpu=True)
     model = tiny_policy()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train = TrainConfig(prompts_per_iteration=2, samples_per_prompt=1, mini_batch_size=2, micro_batch_size=1)
-    zero.initialize(model, optimizer, sharding.settings_from_env(), train, per_step=1)
+    backend = backend_from_launch(train)
+    assert isinstance(backend, Zero)
+    trained = Trained(model, backend.wrap(model, lambda params: torch.optim.AdamW(params, lr=1e-2)), None, backend)
 
     def weights() -> dict:
-        full = sharding.full_weights(model)
+        full = trained.full_weights()
         return {k: v.clone() for k, v in (model.state_dict() if full is None else full).items()}
 
-    before, gradients = weights(), stepping.for_model(model, optimizer, train.max_grad_norm)
+    before, gradients = weights(), trained.stepper(train.max_grad_norm)
     ids = torch.arange(6).view(1, 6)
     gradients.backward(gradients.trained(input_ids=ids, labels=ids).loss * float("nan"))
     try:
@@ -150,7 +148,7 @@ if __name__ == "__main__":
              "nonfinite": nonfinite}
     modes[sys.argv[1]](Path(sys.argv[2]))
     distributed.shutdown()
-    # A gloo thread alive now may abort the process at interpreter exit (see vineppo.distributed): by chance, so
+    # A gloo thread alive now may abort the process at interpreter exit (see vineppo.parallel.distributed): by chance, so
     # the tests check the cause, not the symptom.
     if distributed.gloo_threads():
         sys.exit(f"rank {os.environ['RANK']}: gloo threads outlive distributed.shutdown: {distributed.gloo_threads()}")

@@ -143,7 +143,7 @@ SHIPPED_CONFIGS = ["multi_cpu", "fsdp_zero2", "fsdp_zero3",
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
 def test_a_run_through_each_shipped_accelerate_config_ends_cleanly(name, tmp_path, tmp_path_factory, sft_cache):
     """`accelerate launch --config_file configs/accelerate/NAME.yaml -m vineppo.cli train` (2 CPU processes): exit 0
-    on every rank, and the process group freed before the interpreter exits (vineppo.distributed.shutdown warns
+    on every rank, and the process group freed before the interpreter exits (vineppo.parallel.distributed.shutdown warns
     when gloo threads outlive it, which can abort a finished run at exit)."""
     command = launched_train_command(cpu_launch_config(name, tmp_path), tmp_path / "run")
     result = subprocess.run(command, env=child_env(tmp_path_factory), capture_output=True, text=True, timeout=600)
@@ -165,8 +165,8 @@ def test_the_shipped_accelerate_configs_load(name, kind):
 def test_batch_sizes_that_do_not_split_over_the_processes_stop_before_any_work(tmp_path, monkeypatch, capsys):
     from tiny import TINY
 
-    from vineppo import distributed
     from vineppo.cli import main
+    from vineppo.parallel import distributed
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under a launcher with 2 processes
     run = tmp_path / "run"

@@ -1,5 +1,5 @@
-"""What an accelerate FSDP config turns into (vineppo.sharding.settings_from_env), and what it refuses. The sharded
-training itself runs in tests/test_distributed.py (2 CPU processes); DeepSpeed configs: tests/test_zero.py."""
+"""What an accelerate FSDP config turns into (vineppo.parallel.backend.launch_settings), and what it refuses. The
+sharded training itself runs in tests/test_distributed.py (2 CPU processes); DeepSpeed configs: tests/test_zero.py."""
 
 import os
 import subprocess
@@ -12,7 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tiny import ACCELERATE_CONFIGS, cpu_launch_config
 
 from vineppo.config import ConfigError
-from vineppo.sharding import FSDPSettings, settings_from_env, shard
+from vineppo.parallel.backend import launch_settings as settings_from_env
+from vineppo.parallel.fsdp import FSDPSettings, shard
 
 ZERO3 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
 
@@ -58,7 +59,7 @@ def test_the_shipped_fsdp_configs_reach_the_trainer(zero, reshard_after_forward,
     shipped = ACCELERATE_CONFIGS / f"fsdp_zero{zero}.yaml"
     assert str(load_config_from_file(str(shipped)).distributed_type).endswith("FSDP")
     config = cpu_launch_config(f"fsdp_zero{zero}", tmp_path)
-    (tmp_path / "show.py").write_text("from vineppo.sharding import settings_from_env\nprint(settings_from_env())\n")
+    (tmp_path / "show.py").write_text("from vineppo.parallel.backend import launch_settings\nprint(launch_settings())\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),

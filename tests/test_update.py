@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode
 from vineppo.tasks.base import Problem
+from vineppo.parallel.backend import Trained
 from vineppo.update import ppo_update, prepare
 
 PROBLEM = Problem("p", "", "", "")
@@ -49,7 +50,7 @@ def one_step(model, micro_batch_size, whiten=True, aggregation="token_mean", whi
         for p in policy.parameters():
             p.add_(0.01 * torch.randn_like(p, generator=None))
     before = [p.detach().clone() for p in policy.parameters()]
-    stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, 0.7, torch.Generator().manual_seed(0),
+    stats = ppo_update(Trained(policy, optimizer, scheduler), batches, algo, train, 0.7, torch.Generator().manual_seed(0),
                        whiten=True)
     return [p.detach() - b for p, b in zip(policy.parameters(), before)], stats
 
@@ -84,14 +85,14 @@ def test_ratio_starts_at_one_and_gap_to_sampler_is_logged(model):
                         epochs=1)
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    stats = ppo_update(policy, optimizer, scheduler, batches, AlgoConfig(), train, 1.0, torch.Generator())
+    stats = ppo_update(Trained(policy, optimizer, scheduler), batches, AlgoConfig(), train, 1.0, torch.Generator())
     assert stats["loss/clipfrac"] == 0.0
     assert stats["loss/approx_kl"] == pytest.approx(0.0, abs=1e-7)
     assert stats["loss/kl"] == pytest.approx(0.0, abs=1e-7)  # policy == reference
 
 
 def test_a_non_finite_gradient_stops_before_the_optimizer_step(model):
-    from vineppo.stepping import NonFiniteError
+    from vineppo.parallel.stepping import NonFiniteError
 
     policy = copy.deepcopy(model)
     eps = episodes()
@@ -104,7 +105,7 @@ def test_a_non_finite_gradient_stops_before_the_optimizer_step(model):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     before = [p.detach().clone() for p in policy.parameters()]
     with pytest.raises(NonFiniteError, match="gradient norm is"):
-        ppo_update(policy, optimizer, scheduler, batches, AlgoConfig(), train, 1.0, torch.Generator())
+        ppo_update(Trained(policy, optimizer, scheduler), batches, AlgoConfig(), train, 1.0, torch.Generator())
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
@@ -128,7 +129,7 @@ def test_mini_batch_whitening_whitens_each_step_from_the_raw_advantages(model):
 
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    minibatch_steps(policy, optimizer, scheduler, batches, train, torch.Generator().manual_seed(0), micro_loss,
+    minibatch_steps(Trained(policy, optimizer, scheduler), batches, train, torch.Generator().manual_seed(0), micro_loss,
                     per_mini_batch=whitened)
     assert len(seen) == 8  # 2 epochs x 2 steps x 2 micro-batches
     for first in range(0, 8, 2):
@@ -176,7 +177,7 @@ def test_a_micro_batch_above_the_ratio_threshold_contributes_no_gradient(model):
         policy = copy.deepcopy(moved)
         optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        stats = ppo_update(policy, optimizer, scheduler, batches, algo, train, 1.0, torch.Generator().manual_seed(0))
+        stats = ppo_update(Trained(policy, optimizer, scheduler), batches, algo, train, 1.0, torch.Generator().manual_seed(0))
         return [p.detach() - q for p, q in zip(policy.parameters(), moved.parameters())], stats
 
     _, stats = update(AlgoConfig(kl_coef=0.0, ratio_threshold=threshold))
@@ -221,7 +222,7 @@ def test_each_epoch_draws_its_mini_batches_from_shuffled_episodes(model):
 
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    minibatch_steps(policy, optimizer, scheduler, batches, train, torch.Generator().manual_seed(0), micro_loss)
+    minibatch_steps(Trained(policy, optimizer, scheduler), batches, train, torch.Generator().manual_seed(0), micro_loss)
     epochs = [sorted(i for micro in seen[e * 4 : e * 4 + 4] for i in micro) for e in range(2)]
     assert epochs == [list(range(8))] * 2  # every episode once per epoch
     steps = [frozenset(seen[s][0:2] + seen[s + 1][0:2]) for s in range(0, 8, 2)]

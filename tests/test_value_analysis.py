@@ -24,6 +24,7 @@ from vineppo.credit.vine import mc_values
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.models import build_char_tokenizer
+from vineppo.parallel.backend import Trained
 from vineppo.rollout import Rollout, State
 from vineppo.steps import TokenTexts
 from vineppo.tasks.base import Grade, Problem
@@ -140,7 +141,7 @@ def test_value_network_is_read_where_the_critic_reads_step_boundaries():
     prompts = [tokenizer("3+4*2\n").input_ids, tokenizer("5-1\n").input_ids]
     responses = [tokenizer("3+4=7\n7*2=4\n#4", add_special_tokens=False).input_ids, tokenizer("5-1=4\n#4").input_ids]
     episodes = [Episode(0, PROBLEM, p, r, [0.0] * len(r), "stop") for p, r in zip(prompts, responses)]
-    Critic(model, None, None, PPOOptions(), TrainConfig()).assign_credit(
+    Critic(Trained(model, None, None), PPOOptions(), TrainConfig()).assign_credit(
         episodes, tokenizer.pad_token_id, decode_ids, torch.device("cpu")
     )
     states = [State(PROBLEM, e.prompt_ids, e.response_ids[:start], i)

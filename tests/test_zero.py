@@ -1,5 +1,6 @@
-"""What an accelerate DeepSpeed config turns into (vineppo.zero.settings_from_env, reached through
-vineppo.sharding), and what it refuses. ZeRO training itself runs in tests/test_distributed.py (2 CPU processes)."""
+"""What an accelerate DeepSpeed config turns into (vineppo.parallel.zero.settings_from_env, reached through
+vineppo.parallel.backend.launch_settings), and what it refuses. ZeRO training itself runs in
+tests/test_distributed.py (2 CPU processes)."""
 
 import builtins
 import importlib.util
@@ -14,8 +15,8 @@ import torch
 from tiny import ACCELERATE_CONFIGS, cpu_launch_config
 
 from vineppo.config import ConfigError, TrainConfig
-from vineppo.sharding import settings_from_env
-from vineppo.zero import ZeroSettings, initialize
+from vineppo.parallel.backend import launch_settings as settings_from_env
+from vineppo.parallel.zero import ZeroSettings, initialize
 
 ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",
          "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1", "ACCELERATE_MIXED_PRECISION": "no"}
@@ -99,7 +100,7 @@ def test_the_shipped_deepspeed_configs_reach_the_trainer(stage, tmp_path):
     shipped = ACCELERATE_CONFIGS / f"deepspeed_zero{stage}.yaml"
     assert str(load_config_from_file(str(shipped)).distributed_type).endswith("DEEPSPEED")
     config = cpu_launch_config(f"deepspeed_zero{stage}", tmp_path)
-    (tmp_path / "show.py").write_text("from vineppo.sharding import settings_from_env\nprint(settings_from_env())\n")
+    (tmp_path / "show.py").write_text("from vineppo.parallel.backend import launch_settings\nprint(launch_settings())\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),

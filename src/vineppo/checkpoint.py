@@ -90,7 +90,7 @@ def save_checkpoint(
 
     `value_model` is saved as `value/`; `extra_state` (its optimizer and scheduler) joins trainer_state.pt.
     `weights` are the policy's and the value network's full state dicts where the models hold only their shards
-    (vineppo.sharding), None where they save themselves."""
+    (vineppo.parallel.backend), None where they save themselves."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"iter_{iteration:06d}"

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape  # error messages hold [brackets], e.g. pip extras
 from transformers.utils import logging as transformers_logging
 
-from vineppo import distributed
+from vineppo.parallel import distributed
 from vineppo.algorithms import METHODS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
 from vineppo.bench.compare import compare

@@ -9,6 +9,7 @@ import torch
 
 from vineppo.config import Config
 from vineppo.engine.base import Engine, SamplingParams
+from vineppo.parallel.backend import Trained
 from vineppo.progress import Bars, make_console
 from vineppo.tasks.base import Task
 
@@ -31,9 +32,7 @@ class Context:
     generator: torch.Generator | None = None  # this rank's randomness for the iteration's sampling
     seed: int = 0  # the iteration's seed (the update's shuffling, DPO+'s pairing)
     whiten: bool = False  # whiten the advantages (algo.whiten_advantages, or the method's default)
-    policy: Any = None
-    optimizer: torch.optim.Optimizer | None = None
-    scheduler: Any = None
+    policy: Trained | None = None  # the policy with its optimizer, schedule and parallel backend
     reference: Any = None  # the frozen KL reference
     critic: Critic | None = None  # the value network of a method that trains one (vineppo.credit.critic)
     bars: Bars = field(default_factory=no_bars)

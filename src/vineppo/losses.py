@@ -201,7 +201,7 @@ def masked_mean_var(
     values: torch.Tensor, mask: torch.Tensor, unbiased: bool = False, reduce: Reduce | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of the masked entries (divided by count - 1 when `unbiased`). `reduce` sums a tensor
-    over the processes of a data-parallel run (vineppo.distributed.sum_over_ranks), giving the global moments."""
+    over the processes of a data-parallel run (vineppo.parallel.distributed.sum_over_ranks), giving the global moments."""
     reduce = reduce or _same
     count, total = reduce(torch.stack([mask.sum(), masked_sum(values, mask)]))
     mean = total / count

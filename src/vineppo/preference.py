@@ -25,6 +25,7 @@ import torch
 from vineppo.config import DPOPlusOptions, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt, join_rows
 from vineppo.losses import MiniBatchTotals, dpo_plus_loss
+from vineppo.parallel.backend import Trained
 from vineppo.restem import CORRECT_REWARD
 from vineppo.update import forward_logprobs, minibatch_steps, planned_steps, policy_stats
 
@@ -60,10 +61,7 @@ def train_dpo_plus(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     batches = prepare_pairs(ctx.reference, pairs, ctx.pad_id, pairs_per_micro_batch(train), ctx.device)
     generator = torch.Generator().manual_seed(ctx.seed)
     with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
-        stats = dpo_plus_update(
-            ctx.policy, ctx.optimizer, ctx.scheduler, batches, ctx.cfg.algo.dpo_plus, train, generator,
-            on_step=bar.advance,
-        )
+        stats = dpo_plus_update(ctx.policy, batches, ctx.cfg.algo.dpo_plus, train, generator, on_step=bar.advance)
     return {**stats, "dpo/pairs": len(pairs)}
 
 
@@ -105,7 +103,7 @@ def prepare_pairs(
 
 
 def dpo_plus_update(
-    policy, optimizer, scheduler, batches: list[PairBatch], options: DPOPlusOptions, train: TrainConfig,
+    policy: Trained, batches: list[PairBatch], options: DPOPlusOptions, train: TrainConfig,
     generator: torch.Generator, on_step=None,
 ) -> dict[str, float]:
     """`train.epochs` passes of DPO+ mini-batch steps over the prepared pairs."""
@@ -123,6 +121,6 @@ def dpo_plus_update(
             "dpo/chosen_drop": out.chosen_drop.sum() / num_pairs,
         }
 
-    stats = minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step,
+    stats = minibatch_steps(policy, batches, train, generator, micro_loss, on_step,
                             rows_per_micro_batch=pairs_per_micro_batch(train))
     return policy_stats(stats)

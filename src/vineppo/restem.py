@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from vineppo import sharding
 from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode
 from vineppo.losses import MiniBatchTotals, nll_loss, token_weights
+from vineppo.parallel.backend import Trained
 from vineppo.update import (
     PreparedBatch, forward_logprobs, kl_penalty, minibatch_steps, planned_steps, policy_stats, prepare,
 )
@@ -37,16 +37,14 @@ def train_restem(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """RestEM's update: the kept samples, their log-probs at temperature 1, then `restem_update`."""
     train = ctx.cfg.train
     kept = select_correct(episodes, ctx.cfg.algo.restem.max_per_prompt)
-    with sharding.gathered(ctx.policy):  # no-grad passes, as many as this rank's samples
+    with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
         batches, _ = prepare(
-            ctx.policy, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=1.0,
+            ctx.policy.model, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=1.0,
             whiten_advantages=False, device=ctx.device,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
     with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
-        stats = restem_update(
-            ctx.policy, ctx.optimizer, ctx.scheduler, batches, ctx.cfg.algo, train, generator, on_step=bar.advance
-        )
+        stats = restem_update(ctx.policy, batches, ctx.cfg.algo, train, generator, on_step=bar.advance)
     return {**stats, "restem/kept": len(kept) / len(episodes)}
 
 
@@ -61,8 +59,8 @@ def select_correct(episodes: list[Episode], max_per_prompt: int) -> list[Episode
 
 
 def restem_update(
-    policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
-    generator: torch.Generator, on_step=None,
+    policy: Trained, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig, generator: torch.Generator,
+    on_step=None,
 ) -> dict[str, float]:
     """`train.epochs` passes of supervised mini-batch steps on the kept responses. Log-probs at temperature 1
     (the model's own distribution, as SFT uses); the batches must be prepared at temperature 1 too."""
@@ -76,4 +74,4 @@ def restem_update(
         )
         return loss, {"loss/nll": loss.detach(), "loss/kl": kl}
 
-    return policy_stats(minibatch_steps(policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step))
+    return policy_stats(minibatch_steps(policy, batches, train, generator, micro_loss, on_step))

@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from vineppo import distributed, sharding, zero
 from vineppo.algorithms import METHODS, whitens
 from vineppo.checkpoint import (
     check_free_space,
@@ -53,9 +52,10 @@ from vineppo.report.samples import episode_record
 from vineppo.runlog import RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.setup import build_setup
-from vineppo.stepping import NonFiniteError
+from vineppo.parallel import distributed
+from vineppo.parallel.backend import Replicated, Trained, backend_from_launch, micro_batches_per_step
+from vineppo.parallel.stepping import NonFiniteError
 from vineppo.rollout import sample_episodes
-from vineppo.update import micro_batches_per_step
 
 CONFIG_FILE = "config.yaml"
 
@@ -75,6 +75,21 @@ def initial_model_path(cfg: Config, console: Console) -> str:
     if cfg.model.path == "tiny":
         return str(ensure_sft_model(cfg, console=console))
     return resolve_model_source(cfg.model.path, cfg.model.trust_remote_code)
+
+
+def check_sizes(cfg: Config, backend: Replicated) -> None:
+    """What a multi-process run cannot split, or combine, as a ConfigError naming the key."""
+    world = distributed.world_size()
+    if cfg.train.prompts_per_iteration % world:
+        raise ConfigError(
+            f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be divisible by the number "
+            f"of processes ({world})"
+        )
+    micro_batches_per_step(cfg.train)
+    if cfg.engine.name == "vllm" and not backend.allows_vllm:
+        raise ConfigError(
+            "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
+        )
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -115,51 +130,29 @@ class Summary:
 
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, console: Console | None = None, resume: bool = False):
-        self.cfg = cfg
+        self.cfg, tc, mc = cfg, cfg.train, cfg.model
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        device = resolve_device(cfg.model.device)
+        device = resolve_device(mc.device)
         distributed.init(cpu=device.type == "cpu")
         self.device = distributed.local_device(device)
         self.is_main = distributed.is_main()
-        self.console = console or make_console()
-        if not self.is_main:  # one voice: rank 0's
-            self.console = make_console(quiet=True)
-        world = distributed.world_size()
-        if cfg.train.prompts_per_iteration % world:
-            raise ConfigError(
-                f"train.prompts_per_iteration ({cfg.train.prompts_per_iteration}) must be divisible by the number "
-                f"of processes ({world})"
-            )
-        micro_batches_per_step(cfg.train)  # checked here, before the SFT warm start, not at the first update
+        self.console = (console or make_console()) if self.is_main else make_console(quiet=True)  # rank 0 speaks
+        self.backend = backend_from_launch(tc)
+        check_sizes(cfg, self.backend)  # before the SFT warm start, not at the first update
 
         with distributed.main_process_first():  # rank 0 fills the SFT / GGUF cache, the others reuse it
             init_path = initial_model_path(cfg, self.console)
         resumed = load_latest(self.run_dir) if resume else None
-        policy_path = str(resumed.policy_dir) if resumed else init_path
-        mc = cfg.model
-        # an accelerate FSDP or DeepSpeed config shards the policy and the value network (vineppo.sharding, .zero)
-        self.shard_settings = sharding.settings_from_env() if distributed.active() else None
-        if self.shard_settings and cfg.engine.name == "vllm":
-            raise ConfigError(
-                "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
-            )
         rank = distributed.rank() if distributed.active() else None
-        setup = build_setup(cfg, policy_path, self.device, trained=True, rank=rank)
-        self.tokenizer, self.task, self.policy, self.engine = setup.tokenizer, setup.task, setup.model, setup.engine
+        setup = build_setup(cfg, str(resumed.policy_dir) if resumed else init_path, self.device, trained=True, rank=rank)
+        self.tokenizer, self.task, self.engine = setup.tokenizer, setup.task, setup.engine
         self.encode, self.decode = setup.codec.encode, setup.codec.decode
         self.sampling = setup.rollouts
-        self.train_set = self.task.train_problems()
-        self.test_set = self.task.test_problems()
+        self.train_set, self.test_set = self.task.train_problems(), self.task.test_problems()
         self.reference = load_model(init_path, mc.dtype, self.device, mc.trust_remote_code)
         self.reference.requires_grad_(False).eval()
-        settings = self.shard_settings
-        fsdp_checkpointing = isinstance(settings, sharding.FSDPSettings) and settings.activation_checkpointing
-        checkpointing = mc.gradient_checkpointing or fsdp_checkpointing
-        if checkpointing:
-            enable_activation_checkpointing(self.policy)
-        tc = cfg.train
-        self.optimizer, self.scheduler = self.distribute(self.policy, tc.lr)
+        self.policy = self.trained(setup.model, tc.lr)
 
         self.method = METHODS[cfg.algo.name]
         self.critic: Critic | None = None
@@ -168,19 +161,17 @@ class Trainer:
                 raise FileNotFoundError(f"the checkpoint of iteration {resumed.iteration} has no value network")
             value_path = str(resumed.value_dir) if resumed else init_path
             value_model = load_value_model(value_path, mc.dtype, self.device, mc.trust_remote_code, tc.seed)
-            if checkpointing:
-                enable_activation_checkpointing(value_model)
             value_lr = cfg.algo.ppo.value_lr if cfg.algo.ppo.value_lr is not None else tc.lr
-            self.critic = Critic(value_model, *self.distribute(value_model, value_lr), cfg.algo.ppo, tc)
+            self.critic = Critic(self.trained(value_model, value_lr), cfg.algo.ppo, tc)
 
         if self.is_main:
-            models = [m for m in (self.policy, self.value_model) if m is not None]
+            models = [m for m in (self.policy.model, self.value_model) if m is not None]
             check_free_space(self.run_dir, checkpoint_bytes(*models), cfg.logging.keep_checkpoints)
 
         self.start_iteration = 0
         if resumed:
-            sharding.load_optimizer_state(self.policy, self.optimizer, resumed.state["optimizer"])
-            self.scheduler.load_state_dict(resumed.state["scheduler"])
+            self.policy.load_optimizer_state(resumed.state["optimizer"])
+            self.policy.scheduler.load_state_dict(resumed.state["scheduler"])
             if self.critic is not None:
                 self.critic.load_state_dict(resumed.state)
             set_rng_state(resumed.state["rng"])
@@ -199,20 +190,19 @@ class Trainer:
             self.last_accuracy = self.log.last("eval/accuracy")
             (self.run_dir / CONFIG_FILE).write_text(config_to_yaml(cfg))
 
-    def distribute(self, model, lr: float) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-        """Shard `model` as the launcher's accelerate config says (FSDP2 before its optimizer exists, DeepSpeed
-        ZeRO around it; nothing without such a config), with AdamW and the warmup-decay schedule over the run's
-        optimizer steps (the policy's and the value network's alike, PAPER-NOTES 2.5)."""
+    def trained(self, model, lr: float) -> Trained:
+        """`model` wrapped by the run's backend, with AdamW and the warmup-decay schedule over the run's optimizer
+        steps (the policy's and the value network's alike, PAPER-NOTES 2.5)."""
         tc = self.cfg.train
-        if isinstance(self.shard_settings, sharding.FSDPSettings):
-            sharding.shard(model, self.shard_settings)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=tc.weight_decay
+        if self.cfg.model.gradient_checkpointing or self.backend.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        optimizer = self.backend.wrap(
+            model, lambda params: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                                    weight_decay=tc.weight_decay)
         )
-        if isinstance(self.shard_settings, zero.ZeroSettings):
-            zero.initialize(model, optimizer, self.shard_settings, tc, micro_batches_per_step(tc))
         total_steps = tc.iterations * self.steps_per_iteration
-        return optimizer, linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+        scheduler = linear_warmup_decay(optimizer, round(tc.warmup_ratio * total_steps), total_steps)
+        return Trained(model, optimizer, scheduler, self.backend)
 
     @property
     def steps_per_iteration(self) -> int:
@@ -259,20 +249,19 @@ class Trainer:
 
     @property
     def value_model(self):
-        """PPO's value network; None for every other method."""
+        """The value network of a method that trains one (PPO); None for every other method."""
         return self.critic.model if self.critic else None
 
     def save(self, done: int) -> None:
         """Checkpoint the state after `done` iterations (atomically; vineppo.checkpoint). Every rank calls it:
         sharded weights and optimizer states are gathered on rank 0, which writes."""
-        value_model = self.value_model
-        weights = [sharding.full_weights(m) if m is not None else None for m in (self.policy, value_model)]
-        optimizer_state = sharding.optimizer_state(self.policy, self.optimizer)
+        weights = [self.policy.full_weights(), self.critic.trained.full_weights() if self.critic else None]
+        optimizer_state = self.policy.optimizer_state()
         extra_state = self.critic.state_dict() if self.critic else None
         if self.is_main:
             save_checkpoint(
-                self.run_dir, done, self.policy, self.tokenizer, optimizer_state, self.scheduler,
-                self.cfg.logging.keep_checkpoints, value_model=value_model, extra_state=extra_state,
+                self.run_dir, done, self.policy.model, self.tokenizer, optimizer_state, self.policy.scheduler,
+                self.cfg.logging.keep_checkpoints, value_model=self.value_model, extra_state=extra_state,
                 weights=weights,
             )
 
@@ -283,15 +272,15 @@ class Trainer:
         ctx = Context(
             cfg, self.engine, self.task, self.decode, self.sampling, self.device, seed=seed,
             generator=torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank())),
-            whiten=whitens(cfg.algo), policy=self.policy, optimizer=self.optimizer, scheduler=self.scheduler,
-            reference=self.reference, critic=self.critic, bars=self.bars,
+            whiten=whitens(cfg.algo), policy=self.policy, reference=self.reference, critic=self.critic,
+            bars=self.bars,
         )
         timings: dict[str, float] = {}
         metrics: dict[str, float] = {"tokens/mc": 0}  # MC rollout tokens: VinePPO's estimator reports its own
 
         problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
         problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
-        with sharding.gathered(self.policy, self.value_model):  # the ranks generate unequal amounts
+        with self.backend.gathered(self.policy.model, self.value_model):  # the ranks generate unequal amounts
             with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
                 episodes = sample_episodes(ctx, problems, tc.samples_per_prompt, self.encode, bar.advance)
             with self.timed("credit", timings):
@@ -307,7 +296,7 @@ class Trainer:
         with self.timed("update", timings):
             metrics.update(self.method.update(episodes, ctx))
             self.engine.sync_weights()
-        catch_up(self.scheduler, (iteration + 1) * self.steps_per_iteration)
+        catch_up(self.policy.scheduler, (iteration + 1) * self.steps_per_iteration)
         return {
             **sample_metrics(episodes),
             **advantage_metrics(episodes),
@@ -319,7 +308,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy test metrics. Every rank calls it (sharded weights are gathered for it); rank 0 alone evaluates,
         the others get {}."""
-        with sharding.gathered(self.policy):
+        with self.policy.gathered():
             if not self.is_main:
                 return {}
             started = time.perf_counter()

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from vineppo import distributed, sharding, stepping
-from vineppo.config import AlgoConfig, ConfigError, TrainConfig
+from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate, join_rows, split_rows
 from vineppo.losses import (
     KLPenalty, MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
-from vineppo.stepping import NonFiniteError
+from vineppo.parallel import distributed
+from vineppo.parallel.backend import Trained, micro_batches_per_step
+from vineppo.parallel.stepping import NonFiniteError
 
 if TYPE_CHECKING:
     from vineppo.context import Context
@@ -100,22 +101,9 @@ statistics summed over the step). The model is the trained one or the DeepSpeed 
 is any object with a `tokens: TokenBatch`."""
 
 
-def micro_batches_per_step(train: TrainConfig) -> int:
-    """Micro-batches of this process in one mini-batch: the mini-batch is split over the ranks first. A ConfigError
-    when the sizes do not split evenly."""
-    world = distributed.world_size()
-    if train.mini_batch_size % (world * train.micro_batch_size):
-        raise ConfigError(
-            f"train.mini_batch_size ({train.mini_batch_size}) must be divisible by the number of processes ({world}) "
-            f"x train.micro_batch_size ({train.micro_batch_size})"
-        )
-    return train.mini_batch_size // world // train.micro_batch_size
-
-
 def minibatch_steps(
-    model, optimizer, scheduler, batches: list, train: TrainConfig, generator: torch.Generator,
-    micro_loss: MicroLoss, on_step=None, per_mini_batch: Callable[[list], list] | None = None,
-    rows_per_micro_batch: int | None = None,
+    trained: Trained, batches: list, train: TrainConfig, generator: torch.Generator, micro_loss: MicroLoss,
+    on_step=None, per_mini_batch: Callable[[list], list] | None = None, rows_per_micro_batch: int | None = None,
 ) -> dict[str, float]:
     """`train.epochs` passes over the rows of `batches` (episodes; DPO+'s pairs) in shuffled order, one clipped
     optimizer step per mini-batch: each epoch draws this rank's share of every mini-batch from the shuffled rows
@@ -127,8 +115,8 @@ def minibatch_steps(
     ranks, gives exactly the mini-batch's mean. Shared by every update (policy, value network, RestEM, DPO+), so
     that with generators seeded alike they visit the same mini-batches. Every rank takes as many steps as the
     rank with the most micro-batches (RestEM and DPO+ keep different numbers of samples on each rank); a rank out
-    of micro-batches contributes zero gradients (`vineppo.stepping`: with a sharded model, by backward passes of a
-    zero loss).
+    of micro-batches contributes zero gradients (vineppo.parallel.stepping: with a sharded model, by backward
+    passes of a zero loss).
     `per_mini_batch(micro-batches)`, when given, turns each step's micro-batches into the ones to train on (every
     rank calls it once per step, also with none: it may be a collective; PPO whitens advantages with it).
     Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last
@@ -139,10 +127,10 @@ def minibatch_steps(
     rows = [row for batch in batches for row in split_rows(batch)]
     rows_per_step = per_step * micro
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(rows) / rows_per_step))
-    gradients = stepping.for_model(model, optimizer, train.max_grad_norm)
+    gradients = trained.stepper(train.max_grad_norm)
     sums: dict[str, float] = {}
     steps = 0
-    model.train()
+    trained.model.train()
     for _ in range(train.epochs):
         order = torch.randperm(len(rows), generator=generator).tolist()
         for first in range(0, steps_per_epoch * rows_per_step, rows_per_step):
@@ -167,7 +155,7 @@ def minibatch_steps(
             except NonFiniteError as exc:  # raised before the step could poison the weights
                 losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))
                 raise NonFiniteError(f"{exc} ({losses})") from None
-            scheduler.step()
+            trained.scheduler.step()
             step_stats["grad_norm"] = grad_norm
             for name, value in step_stats.items():
                 sums[name] = sums.get(name, 0.0) + value
@@ -175,13 +163,13 @@ def minibatch_steps(
             if on_step is not None:
                 on_step()
     stats = {name: value / steps for name, value in sums.items()}
-    stats["lr"] = scheduler.get_last_lr()[0]
+    stats["lr"] = trained.scheduler.get_last_lr()[0]
     return stats
 
 
 def ppo_update(
-    policy, optimizer, scheduler, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig,
-    temperature: float, generator: torch.Generator, on_step=None, whiten: bool = False,
+    policy: Trained, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig, temperature: float,
+    generator: torch.Generator, on_step=None, whiten: bool = False,
 ) -> dict[str, float]:
     """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches (with `whiten`
     under algo.whiten_scope "mini_batch", whitening their advantages per mini-batch; `prepare` whitens the
@@ -204,9 +192,7 @@ def ppo_update(
         }
 
     per_mini_batch = whitened if whiten and algo.whiten_scope == "mini_batch" else None
-    stats = minibatch_steps(
-        policy, optimizer, scheduler, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch
-    )
+    stats = minibatch_steps(policy, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch)
     return policy_stats(stats)
 
 
@@ -215,16 +201,15 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     for a method with a value network (ctx.critic), the value network's epochs over the same micro-batches."""
     algo, train = ctx.cfg.algo, ctx.cfg.train
     temperature = ctx.sampling.temperature
-    with sharding.gathered(ctx.policy):  # no-grad passes, as many as this rank's samples
+    with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
         batches, gap = prepare(
-            ctx.policy, ctx.reference, episodes, ctx.pad_id, train.micro_batch_size, temperature=temperature,
+            ctx.policy.model, ctx.reference, episodes, ctx.pad_id, train.micro_batch_size, temperature=temperature,
             whiten_advantages=ctx.whiten and algo.whiten_scope == "iteration", device=ctx.device,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
     with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
         stats = ppo_update(
-            ctx.policy, ctx.optimizer, ctx.scheduler, batches, algo, train, temperature, generator,
-            on_step=bar.advance, whiten=ctx.whiten,
+            ctx.policy, batches, algo, train, temperature, generator, on_step=bar.advance, whiten=ctx.whiten
         )
     if ctx.critic is not None:
         with ctx.bars.phase("value update", planned_steps(train, len(batches))) as bar:

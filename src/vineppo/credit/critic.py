@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from vineppo import sharding
 from vineppo.config import PPOOptions, TrainConfig
 from vineppo.credit.gae import gae, outcome_rewards
 from vineppo.episodes import Episode, TokenBatch, collate
 from vineppo.losses import MiniBatchTotals, clipped_value_loss, masked_mean_var
+from vineppo.parallel.backend import Trained
 from vineppo.steps import TokenTexts, split_steps
 from vineppo.update import micro_batches, minibatch_steps
 
@@ -67,8 +67,8 @@ def explained_variance(
 class Critic:
     """The value network with its optimizer and schedule, and the targets of the iteration in progress."""
 
-    def __init__(self, model, optimizer, scheduler, options: PPOOptions, train: TrainConfig):
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+    def __init__(self, trained: Trained, options: PPOOptions, train: TrainConfig):
+        self.trained, self.model = trained, trained.model
         self.options, self.train = options, train
         self.batches: list[ValueBatch] = []
 
@@ -117,21 +117,19 @@ class Critic:
             )
             return loss, {"loss/value": loss.detach()}
 
-        stats = minibatch_steps(
-            self.model, self.optimizer, self.scheduler, self.batches, self.train, generator, micro_loss, on_step
-        )
+        stats = minibatch_steps(self.trained, self.batches, self.train, generator, micro_loss, on_step)
         self.batches = []
         return {"loss/value": stats["loss/value"], "value/grad_norm": stats["grad_norm"], "value/lr": stats["lr"]}
 
     def state_dict(self) -> dict:
         return {
-            "value_optimizer": sharding.optimizer_state(self.model, self.optimizer),
-            "value_scheduler": self.scheduler.state_dict(),
+            "value_optimizer": self.trained.optimizer_state(),
+            "value_scheduler": self.trained.scheduler.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        sharding.load_optimizer_state(self.model, self.optimizer, state["value_optimizer"])
-        self.scheduler.load_state_dict(state["value_scheduler"])
+        self.trained.load_optimizer_state(state["value_optimizer"])
+        self.trained.scheduler.load_state_dict(state["value_scheduler"])
 
 
 def critic_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:

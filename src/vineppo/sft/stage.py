@@ -35,7 +35,7 @@ from transformers import (
 )
 from transformers import Trainer as HFTrainer
 
-from vineppo import distributed
+from vineppo.parallel import distributed
 from vineppo.config import Config, ConfigError, LoRAConfig
 from vineppo.losses import MiniBatchTotals, masked_sum, token_weights
 from vineppo.model_sources import resolve_model_source

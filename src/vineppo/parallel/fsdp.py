@@ -1,8 +1,8 @@
 """Sharded data parallelism with PyTorch's FSDP2 (`torch.distributed.fsdp.fully_shard`).
 
-Launched with an accelerate FSDP config (`configs/accelerate/fsdp_zero2.yaml`, `fsdp_zero3.yaml`), the policy and
+The `FSDP` backend of vineppo.parallel.backend. Launched with an accelerate FSDP config (`configs/accelerate/fsdp_zero2.yaml`, `fsdp_zero3.yaml`), the policy and
 the PPO value network are sharded over the ranks: parameters, gradients and AdamW moments each live 1/N on every
-rank. Everything else is the data-parallel scheme of `vineppo.distributed`, with three differences:
+rank. Everything else is the data-parallel scheme of `vineppo.parallel.distributed`, with three differences:
 
 - Generation, MC rollouts and the no-grad log-prob passes run a different number of forward passes on each rank,
   which a sharded forward (an all-gather per layer) cannot. They run inside `gathered(...)`: every rank gathers
@@ -10,7 +10,8 @@ rank. Everything else is the data-parallel scheme of `vineppo.distributed`, with
   steps the weights go back to their shards.
 - Gradients are summed over the ranks by FSDP's reduce-scatter in each backward (sum, not FSDP's default mean:
   the losses are already normalised by the global mini-batch totals), so every rank must run the same number of
-  backward passes per optimizer step; a rank short of micro-batches (RestEM, DPO+) runs `zero_loss` instead.
+  backward passes per optimizer step; a rank short of micro-batches (RestEM, DPO+) runs zero-loss ones instead
+  (vineppo.parallel.stepping).
 - Checkpoints hold full weights and a full optimizer state gathered on rank 0, in the same format as an unsharded
   run's, so a run can resume with or without sharding, on any number of ranks.
 
@@ -19,23 +20,20 @@ is read from the environment that `accelerate launch` sets (ACCELERATE_USE_FSDP,
 implementation cannot honour are refused by name rather than ignored. accelerate's own FSDP wrapping is not used:
 it needs CUDA, so it could not be tested on CPU processes, and it owns the gradient reduction that
 `vineppo.update` does by itself.
-
-An accelerate DeepSpeed config selects `vineppo.zero` instead; `gathered`, `full_weights` and the optimizer state
-functions here serve models of either kind, so the trainer calls them alike.
 """
 
 from __future__ import annotations
 
 import os
 import weakref
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
-from vineppo import distributed, zero
 from vineppo.config import ConfigError
+from vineppo.parallel import distributed
 
 
 @dataclass(frozen=True)
@@ -47,13 +45,9 @@ class FSDPSettings:
     activation_checkpointing: bool
 
 
-def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings | zero.ZeroSettings | None:
-    """The FSDP or DeepSpeed ZeRO settings of the accelerate config this process was launched with, or None for
-    plain data parallelism. A ConfigError names the accelerate config key that cannot be honoured."""
-    if distributed.env_flag(env, "ACCELERATE_USE_DEEPSPEED"):
-        return zero.settings_from_env(env)
-    if not distributed.env_flag(env, "ACCELERATE_USE_FSDP"):
-        return None
+def settings_from_env(env: Mapping[str, str] = os.environ) -> FSDPSettings:
+    """The settings of the accelerate FSDP config this process was launched with (ACCELERATE_USE_FSDP, FSDP_*).
+    A ConfigError names the accelerate config key that cannot be honoured."""
     refused = {
         "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "must be 2 (FSDP1 is not supported)"),
         "FSDP_OFFLOAD_PARAMS": (
@@ -120,8 +114,7 @@ def shard(model, settings: FSDPSettings) -> None:
 @contextmanager
 def gathered(*models):
     """Full weights on every rank for the block, with no communication inside it (models that are not sharded,
-    or None, are left alone; DeepSpeed ones: `zero.gathered`). Entering and leaving are collectives: every rank
-    must do both together."""
+    or None, are left alone). Entering and leaving are collectives: every rank must do both together."""
     from torch.distributed.fsdp import FSDPModule
 
     sharded = [m for m in models if m is not None and is_sharded(m)]
@@ -130,22 +123,11 @@ def gathered(*models):
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
     try:
-        with ExitStack() as stack:
-            for model in models:
-                stack.enter_context(zero.gathered(model))
-            yield
+        yield
     finally:
         for unit, reshard_after_forward in units:
             unit.reshard()
             unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
-
-
-def zero_loss(model) -> torch.Tensor:
-    """A loss of 0 through every weight of `model`: its backward takes part in FSDP's gradient reduce-scatter
-    and adds nothing (for a rank with fewer micro-batches than the others)."""
-    device = next(model.parameters()).device
-    logits = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device)).logits
-    return logits.sum() * 0.0
 
 
 def local_value(tensor: torch.Tensor) -> torch.Tensor:
@@ -158,8 +140,6 @@ def local_value(tensor: torch.Tensor) -> torch.Tensor:
 def full_weights(model) -> dict[str, torch.Tensor] | None:
     """A sharded model's full state dict on rank 0's CPU (empty on the others; a collective), or None for a model
     that holds its full weights (it saves itself)."""
-    if zero.engine_of(model) is not None:
-        return zero.full_weights(model)
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -171,8 +151,6 @@ def optimizer_state(model, optimizer: torch.optim.Optimizer) -> dict:
     """`optimizer.state_dict()`; for a sharded model gathered in full on rank 0 (a collective; the other ranks
     get {}) and keyed by parameter position like an unsharded optimizer's, so checkpoints do not depend on the
     sharding."""
-    if zero.engine_of(model) is not None:
-        return zero.optimizer_state(model, optimizer)
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -188,9 +166,6 @@ def optimizer_state(model, optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer_state(model, optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a state of `optimizer_state`'s format into the optimizer of a sharded or unsharded model."""
-    if zero.engine_of(model) is not None:
-        zero.load_optimizer_state(model, optimizer, state)
-        return
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return

@@ -1,23 +1,45 @@
 """How the micro-batch gradients of one optimizer step are accumulated, summed over the ranks and applied.
 
-Three ways, one interface (`for_model` picks): plain data parallelism (every rank holds the whole model; the
-gradients are all-reduced once per step), FSDP2 (`vineppo.sharding`: FSDP reduce-scatters in each backward) and
-DeepSpeed ZeRO (`vineppo.zero`: the engine reduces, clips and steps). Where gradients are reduced in each backward,
+Three ways, one interface (`Stepper`; the run's backend picks one, vineppo.parallel.backend): plain data
+parallelism (every rank holds the whole model; the gradients are all-reduced once per step), FSDP2
+(vineppo.parallel.fsdp: FSDP reduce-scatters in each backward) and DeepSpeed ZeRO (vineppo.parallel.zero: the
+engine reduces, clips and steps). Where gradients are reduced in each backward,
 every rank must run as many backwards per step: `pad` runs zero-loss ones for a rank short of micro-batches.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from vineppo import distributed, sharding, zero
+from vineppo.parallel import distributed, fsdp
 
 
 class NonFiniteError(ArithmeticError):
     """NaN or inf in a quantity of the update; the message names it."""
+
+
+def zero_loss(model) -> torch.Tensor:
+    """A loss of 0 through every weight of `model`: its backward takes part in the gradient reduction of FSDP or
+    ZeRO and adds nothing (for a rank with fewer micro-batches than the others)."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device)).logits
+    return logits.sum() * 0.0
+
+
+class Stepper(Protocol):
+    trained: Any  # what the training forwards run through: the model, or the DeepSpeed engine around it
+
+    def start(self) -> None: ...  # before the step's first backward
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def pad(self, missing: int) -> None: ...  # a rank short of `missing` micro-batches of the step
+
+    def step(self) -> float: ...  # reduce, clip, step; the gradient norm before clipping
 
 
 class DataParallelStep:
@@ -43,7 +65,7 @@ class DataParallelStep:
         """Reduce, clip and step; returns the gradient norm before clipping. A NonFiniteError (and no step) when
         the norm is NaN or inf, so that the weights are not poisoned."""
         self.reduce()
-        grad_norm = float(sharding.local_value(clip_grad_norm_(self.model.parameters(), self.max_grad_norm)))
+        grad_norm = float(fsdp.local_value(clip_grad_norm_(self.model.parameters(), self.max_grad_norm)))
         if not math.isfinite(grad_norm):
             raise NonFiniteError(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
@@ -51,11 +73,11 @@ class DataParallelStep:
 
 
 class FSDPStep(DataParallelStep):
-    """FSDP2 sums the gradients over the ranks in each backward (`sharding.shard` sets sum, not mean)."""
+    """FSDP2 sums the gradients over the ranks in each backward (`fsdp.shard` sets sum, not mean)."""
 
     def pad(self, missing: int) -> None:
         for _ in range(missing):
-            sharding.zero_loss(self.model).backward()
+            zero_loss(self.model).backward()
 
     def reduce(self) -> None:
         pass
@@ -79,7 +101,7 @@ class ZeroStep:
 
     def pad(self, missing: int) -> None:
         for _ in range(missing):
-            self.backward(sharding.zero_loss(self.engine))
+            self.backward(zero_loss(self.engine))
 
     def step(self) -> float:
         self.engine.step()
@@ -87,13 +109,3 @@ class ZeroStep:
         if not math.isfinite(grad_norm):
             raise NonFiniteError(f"the gradient norm is {grad_norm} (DeepSpeed skipped the step)")
         return grad_norm
-
-
-def for_model(model, optimizer: torch.optim.Optimizer, max_grad_norm: float):
-    """The stepping of `model`: ZeRO when it has a DeepSpeed engine, FSDP when it is sharded, plain otherwise."""
-    engine = zero.engine_of(model)
-    if engine is not None:
-        return ZeroStep(engine)
-    if sharding.is_sharded(model):
-        return FSDPStep(model, optimizer, max_grad_norm)
-    return DataParallelStep(model, optimizer, max_grad_norm)

@@ -1,12 +1,13 @@
-"""Sharded data parallelism with DeepSpeed ZeRO (stages 1-3), the alternative to `vineppo.sharding`'s FSDP2.
+"""Sharded data parallelism with DeepSpeed ZeRO (stages 1-3): the `Zero` backend of vineppo.parallel.backend, the
+alternative to FSDP2 (vineppo.parallel.fsdp).
 
 Launched with an accelerate DeepSpeed config (`configs/accelerate/deepspeed_zero2.yaml`, `deepspeed_zero3.yaml`),
 each trained model (the policy, PPO's value network) gets a DeepSpeed engine around it and the AdamW that
 vineppo built: stage 1 shards the AdamW moments over the ranks, stage 2 the gradients too, stage 3 the weights
-too. The data-parallel scheme is `vineppo.distributed`'s, as with FSDP:
+too. The data-parallel scheme is `vineppo.parallel.distributed`'s, as with FSDP:
 
 - The models stay the trainer's Hugging Face modules; the engine is looked up with `engine_of`. Training forwards
-  and backwards go through the engine (stage 3 needs its forward), `vineppo.stepping` calls its `backward` and
+  and backwards go through the engine (stage 3 needs its forward), vineppo.parallel.stepping calls its `backward` and
   `step`. The optimizer step is the caller's boundary (`managed_gradient_accumulation: false`): the micro-batches
   of a mini-batch are backpropagated, then one `step()` reduces, clips to `train.max_grad_norm` and steps.
 - Stages 2 and 3 reduce gradients in each backward, so every rank runs as many backwards per step (a rank short of
@@ -36,8 +37,8 @@ from typing import Mapping
 
 import torch
 
-from vineppo import distributed
 from vineppo.config import ConfigError, TrainConfig
+from vineppo.parallel import distributed
 
 INSTALL = 'DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed>=0.19,<0.20"'
 
@@ -130,7 +131,7 @@ def _settings_from_file(path: Path) -> ZeroSettings:
 
 # The model holds its engine in its instance dict, beside nn.Module's attribute handling (which would make the
 # engine, itself a Module, a submodule of the model it wraps). A table keyed by the model would keep both alive
-# for the life of the process, and the process groups the engine holds with them (see vineppo.distributed).
+# for the life of the process, and the process groups the engine holds with them (see vineppo.parallel.distributed).
 _ENGINE = "_vineppo_deepspeed_engine"
 
 
@@ -155,7 +156,7 @@ def initialize(model, optimizer: torch.optim.Optimizer, settings: ZeroSettings, 
         "gradient_accumulation_steps": per_step,
         "train_batch_size": train.micro_batch_size * per_step * distributed.world_size(),
         "gradient_clipping": train.max_grad_norm,
-        "managed_gradient_accumulation": False,  # vineppo.stepping calls step() once per mini-batch
+        "managed_gradient_accumulation": False,  # vineppo.parallel.stepping calls step() once per mini-batch
         "zero_optimization": {**settings.zero_optimization, "stage": settings.stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,  # vineppo logs its own metrics
@@ -163,7 +164,7 @@ def initialize(model, optimizer: torch.optim.Optimizer, settings: ZeroSettings, 
     if next(model.parameters()).device.type == "cpu":
         # DeepSpeed compiles and maps a shared-memory all-reduce kernel on CPUs that only DeepSpeed-Inference uses
         # (ZeRO does not); the one switch is its cached table of buildable ops (deepspeed/ops/__init__.py). (The
-        # aborts at exit once blamed on this kernel came from process groups outliving the run: vineppo.distributed.)
+        # aborts at exit once blamed on this kernel came from process groups outliving the run: vineppo.parallel.distributed.)
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     model.__dict__[_ENGINE] = engine
