@@ -43,7 +43,7 @@ def test_pick_iterations_spreads_from_first_to_last():
 
 def write_run(run, response_text):
     run.mkdir()
-    (run / "config.yaml").write_text("algo:\n  name: vineppo\n  k: 9\nmodel:\n  path: tiny\n")
+    (run / "config.yaml").write_text("algo:\n  name: vineppo\n  vineppo:\n    k: 9\nmodel:\n  path: tiny\n")
     metrics = [{"iteration": 0, "eval/accuracy": 0.5}, {"iteration": 1, "train/accuracy": 0.6, "loss/kl": 0.01}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     sample = {"iteration": 1, "prompt": "1+2\n", "answer": "3", "reward": 0.0, "finish_reason": "stop",
@@ -57,7 +57,8 @@ def test_the_page_escapes_model_text_and_needs_no_other_file(tmp_path):
     page = write_report(run).read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "data:image/png;base64," in page and 'src="http' not in page
-    assert "V(start) = 0.750 (MC estimate, K = 9) · advantage -0.500" in page
+    assert "V(start) = 0.750 (MC estimate) · advantage -0.500" in page
+    assert "vineppo · k 9" in page  # the method with its own options
     assert "rgba(215, 40, 40, 0.650)" in page  # the largest advantage shown, negative: full red
     assert (run / "report_curves.png").stat().st_size > 1000
 

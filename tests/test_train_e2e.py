@@ -1,6 +1,10 @@
 """A few iterations of the whole pipeline at tiny sizes: run directory contents, CLI errors, exact resume."""
 
+import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,3 +146,19 @@ def test_redirected_output_has_whole_lines_and_no_progress_bars(tmp_path, capsys
     (iteration,) = [line for line in lines if line.startswith("iteration 1/1:")]
     assert len(iteration) > 80 and "(sample" in iteration and "update" in iteration  # not cut at 80 columns
     assert not [line for line in lines if "━" in line or "ETA" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_a_run_without_a_deepspeed_config_prints_nothing_of_deepspeed(tmp_path):
+    """accelerate imports DeepSpeed, where installed, to save any model; its accelerator detection must not print
+    "Setting accelerator to CPU ..." into the output of a run that does not use it (vineppo.parallel.distributed
+    .quiet_deepspeed)."""
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vineppo.cli", "train", "--run-dir", str(tmp_path / "run"), *TINY, "train.iterations=1"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "checkpoints").is_dir()  # a model was saved, so accelerate imported DeepSpeed
+    assert "accelerator" not in done.stdout + done.stderr

@@ -31,6 +31,7 @@ Step = Callable[[list[Episode], Context], dict[str, float]]
 class Method:
     update: Step
     credit: Step | None = None  # None: the update reads the rewards alone
+    values: str | None = None  # what the credit's `step_values` are, for the report
     whitens: bool = False  # the default of algo.whiten_advantages
     value_model: bool = False  # trains a value network beside the policy (ctx.critic; vineppo.credit.critic)
 
@@ -38,10 +39,10 @@ class Method:
 METHODS: dict[str, Method] = {
     # the official trainer whitens the advantages of VinePPO and PPO (PAPER-NOTES 2.4); GRPO and RLOO train on
     # theirs as they are (whitening across groups would give a group of equal rewards -mean/std, not 0)
-    "vineppo": Method(credit=vine_credit, update=train_ppo, whitens=True),
-    "ppo": Method(credit=critic_credit, update=train_ppo, whitens=True, value_model=True),
-    "grpo": Method(credit=grpo_credit, update=train_ppo),
-    "rloo": Method(credit=rloo_credit, update=train_ppo),
+    "vineppo": Method(credit=vine_credit, update=train_ppo, values="MC estimate", whitens=True),
+    "ppo": Method(credit=critic_credit, update=train_ppo, values="value network", whitens=True, value_model=True),
+    "grpo": Method(credit=grpo_credit, update=train_ppo, values="group mean reward"),
+    "rloo": Method(credit=rloo_credit, update=train_ppo, values="group mean reward"),
     "restem": Method(update=train_restem),
     "dpo_plus": Method(update=train_dpo_plus),
 }

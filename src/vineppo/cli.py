@@ -39,10 +39,10 @@ from vineppo.models import (
 )
 from vineppo.progress import Bars, make_console
 from vineppo.report.page import write_report
-from vineppo.runlog import WandbMissingError
+from vineppo.runlog import CONFIG_FILE, WandbMissingError
 from vineppo.setup import build_setup
 from vineppo.sft import ensure_sft_model
-from vineppo.trainer import CONFIG_FILE, Trainer, TrainingError
+from vineppo.trainer import Trainer, TrainingError
 
 USAGE_ERROR = 2
 TRAINING_FAILED = 1
@@ -326,6 +326,7 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "analyze": cmd
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     transformers_logging.disable_progress_bar()  # our own bars show progress; theirs would interleave
+    distributed.quiet_deepspeed()
     console = make_console()
     try:
         COMMANDS[args.command](args, console)

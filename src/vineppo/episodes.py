@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 import torch
 
-from vineppo.tasks.base import Grade, Problem, Task
+from vineppo.tasks.base import CORRECT, Grade, Problem, Task
 
 
 @dataclass
@@ -47,7 +47,7 @@ def sample_metrics(episodes: list[Episode]) -> dict[str, float]:
     policy_tokens = sum(len(e.response_ids) for e in episodes)
     return {
         "train/reward": rewards.mean().item(),
-        "train/accuracy": (rewards == 1.0).float().mean().item(),
+        "train/accuracy": (rewards >= CORRECT).float().mean().item(),
         "train/unparsed": sum(not e.parsed for e in episodes) / len(episodes),
         "train/truncated": sum(e.finish_reason == "length" for e in episodes) / len(episodes),
         "train/response_tokens": policy_tokens / len(episodes),

@@ -15,7 +15,7 @@ import torch
 
 from vineppo.engine.base import Engine, SamplingParams
 from vineppo.rollout import State, rollout
-from vineppo.tasks.base import Problem, Task
+from vineppo.tasks.base import CORRECT, Problem, Task
 
 BREAKDOWN_FIELDS = ("subject", "level")
 
@@ -56,7 +56,7 @@ class SampledResult:
 
     @property
     def pass_at_k(self) -> float:
-        return float(any(r >= 1.0 for r in self.rewards))
+        return float(any(r >= CORRECT for r in self.rewards))
 
     @property
     def majority(self) -> float:

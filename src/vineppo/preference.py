@@ -26,7 +26,7 @@ from vineppo.config import DPOPlusOptions, TrainConfig
 from vineppo.episodes import Episode, TokenBatch, collate, group_by_prompt, join_rows
 from vineppo.losses import MiniBatchTotals, dpo_plus_loss
 from vineppo.parallel.backend import Trained
-from vineppo.restem import CORRECT_REWARD
+from vineppo.tasks.base import CORRECT
 from vineppo.update import forward_logprobs, minibatch_steps, planned_steps, policy_stats
 
 if TYPE_CHECKING:
@@ -74,8 +74,8 @@ def make_pairs(episodes: list[Episode], rng: random.Random) -> list[tuple[Episod
     """(correct, incorrect) pairs within each prompt's samples, each sample in at most one pair."""
     pairs = []
     for group in group_by_prompt(episodes):
-        correct = [e for e in group if e.reward >= CORRECT_REWARD]
-        wrong = [e for e in group if e.reward < CORRECT_REWARD]
+        correct = [e for e in group if e.reward >= CORRECT]
+        wrong = [e for e in group if e.reward < CORRECT]
         rng.shuffle(correct)
         rng.shuffle(wrong)
         pairs.extend(zip(correct, wrong))

@@ -23,15 +23,13 @@ from vineppo.config import AlgoConfig, TrainConfig
 from vineppo.episodes import Episode
 from vineppo.losses import MiniBatchTotals, nll_loss, token_weights
 from vineppo.parallel.backend import Trained
+from vineppo.tasks.base import CORRECT
 from vineppo.update import (
     PreparedBatch, forward_logprobs, kl_penalty, minibatch_steps, planned_steps, policy_stats, prepare,
 )
 
 if TYPE_CHECKING:
     from vineppo.context import Context
-
-CORRECT_REWARD = 1.0
-
 
 def train_restem(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """RestEM's update: the kept samples, their log-probs at temperature 1, then `restem_update`."""
@@ -52,7 +50,7 @@ def select_correct(episodes: list[Episode], max_per_prompt: int) -> list[Episode
     """The episodes with full reward, at most `max_per_prompt` per prompt (the first ones sampled)."""
     kept, per_prompt = [], Counter()
     for episode in episodes:
-        if episode.reward >= CORRECT_REWARD and per_prompt[episode.prompt_index] < max_per_prompt:
+        if episode.reward >= CORRECT and per_prompt[episode.prompt_index] < max_per_prompt:
             kept.append(episode)
             per_prompt[episode.prompt_index] += 1
     return kept

@@ -49,16 +49,13 @@ from vineppo.models import (
 )
 from vineppo.progress import Bars, make_console
 from vineppo.report.samples import episode_record
-from vineppo.runlog import RunLog
+from vineppo.runlog import CONFIG_FILE, RunLog
 from vineppo.sft import ensure_sft_model
 from vineppo.setup import build_setup
 from vineppo.parallel import distributed
 from vineppo.parallel.backend import Replicated, Trained, backend_from_launch, micro_batches_per_step
 from vineppo.parallel.stepping import NonFiniteError
 from vineppo.rollout import sample_episodes
-
-CONFIG_FILE = "config.yaml"
-
 
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message names the iteration and the quantity."""

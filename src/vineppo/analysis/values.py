@@ -46,9 +46,9 @@ from vineppo.credit.vine import mc_values
 from vineppo.models import load_value_model, resolve_device
 from vineppo.progress import Bars, make_console
 from vineppo.rollout import State
+from vineppo.runlog import CONFIG_FILE
 from vineppo.steps import TokenTexts
 from vineppo.setup import build_setup
-from vineppo.trainer import CONFIG_FILE
 
 MC, VALUE_NETWORK = "mc", "value_network"
 

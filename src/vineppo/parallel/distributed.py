@@ -48,11 +48,23 @@ def launched() -> bool:
 
 def init(cpu: bool) -> None:
     """Join the launcher's process group (gloo on CPU, nccl on GPUs) through accelerate; a no-op alone."""
+    quiet_deepspeed()
     if launched() and not dist.is_initialized():
         import_deepspeed()
         from accelerate import PartialState
 
         PartialState(cpu=cpu)
+
+
+def quiet_deepspeed() -> None:
+    """DeepSpeed, where installed, is imported whether or not a DeepSpeed config is in use: by accelerate for every
+    model it saves, and by `import_deepspeed` in multi-process runs. On a machine without an accelerator its
+    detection then prints "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to
+    detect it." on stdout, in the middle of a command's output. Naming the accelerator it would pick anyway
+    (DS_ACCELERATOR=cpu, DeepSpeed's own override) skips the detection and the line; a value already set is
+    kept, and machines with an accelerator are left to DeepSpeed's detection."""
+    if not torch.accelerator.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def import_deepspeed() -> None:

@@ -12,8 +12,9 @@ import html
 import io
 from pathlib import Path
 
-from vineppo.report.samples import VALUE_SOURCES
-from vineppo.runlog import read_metrics, read_samples
+from vineppo.algorithms import METHODS
+from vineppo.runlog import CONFIG_FILE, read_metrics, read_samples
+from vineppo.tasks.base import CORRECT
 
 REPORT_FILE = "report.html"
 CURVES_FILE = "report_curves.png"
@@ -80,7 +81,7 @@ def step_title(index: int, step: dict, value_source: str) -> str:
 
 
 def sample_html(sample: dict, scale: float, value_source: str) -> str:
-    mark = "correct" if sample["reward"] >= 1.0 else "wrong"
+    mark = "correct" if sample["reward"] >= CORRECT else "wrong"
     steps = "".join(
         f'<span class="step" style="background:{advantage_colour(step["advantage"], scale)}" '
         f'title="{html.escape(step_title(i, step, value_source))}">{html.escape(step["text"])}</span>'
@@ -118,13 +119,13 @@ def render(
     """The report page of `run_dir` as HTML text, from its metric records and their curves (a PNG)."""
     import yaml
 
-    config_path = Path(run_dir) / "config.yaml"
+    config_path = Path(run_dir) / CONFIG_FILE
     config_text = config_path.read_text() if config_path.is_file() else ""
     config = yaml.safe_load(config_text) if config_text else {}
     algo = config.get("algo", {}).get("name", "?")
-    value_source = VALUE_SOURCES.get(algo, "none")
-    if algo == "vineppo":
-        value_source += f", K = {config['algo'].get('k')}"
+    method = METHODS.get(algo)
+    value_source = (method.values if method else None) or "none"
+    options = config.get("algo", {}).get(algo) or {}  # the method's own section
 
     samples = read_samples(run_dir)
     available = sorted({s["iteration"] for s in samples})
@@ -135,7 +136,7 @@ def render(
 
     evals = [(r["iteration"], r["eval/accuracy"]) for r in records if "eval/accuracy" in r]
     facts = [
-        ("method", algo), ("model", config.get("model", {}).get("path", "?")),
+        ("method", algo + "".join(f" · {key} {value}" for key, value in options.items())), ("model", config.get("model", {}).get("path", "?")),
         ("task", config.get("task", {}).get("name", "?")), ("iterations logged", records[-1]["iteration"]),
         ("greedy test accuracy", " → ".join(f"{a:.1%} (it. {i})" for i, a in (evals[:1] + evals[-1:]))),
     ]

@@ -3,8 +3,8 @@ vineppo.runlog.RunLog.log_samples).
 
 The trainer writes them right after credit assignment, so the advantages are the estimator's own (before the
 update whitens them) and the values are what it believed at each step boundary: the MC estimate (vineppo), the
-value network's prediction (ppo) or the group's mean reward (grpo, rloo). RestEM and DPO+ assign no credit; their
-samples carry the reward alone.
+value network's prediction (ppo) or the group's mean reward (grpo, rloo): the `values` of the method's row
+(vineppo.algorithms). RestEM and DPO+ assign no credit; their samples carry the reward alone.
 """
 
 from __future__ import annotations
@@ -13,14 +13,6 @@ from typing import Callable
 
 from vineppo.episodes import Episode
 from vineppo.steps import step_spans
-
-VALUE_SOURCES = {
-    "vineppo": "MC estimate",
-    "ppo": "value network",
-    "grpo": "group mean reward",
-    "rloo": "group mean reward",
-}
-
 
 def episode_record(episode: Episode, decode: Callable[[list[int]], str]) -> dict:
     """The episode as text: its prompt, reward and steps, each with the value at its start and its advantage

@@ -25,6 +25,9 @@ class Grade:
     parsed: bool
 
 
+CORRECT = 1.0  # the reward of a correct answer: RestEM keeps, DPO+ prefers and accuracies count such responses
+
+
 class Task(Protocol):
     name: str
     stop_sequences: tuple[str, ...]
