@@ -1,16 +1,16 @@
 """The training loop: sample, assign credit, update; evaluate, log and checkpoint.
 
-One iteration, as in the paper's algorithm box:
-  1. draw `prompts_per_iteration` training problems (seeded by (seed, iteration), so the data position is the
-     iteration number) and sample `samples_per_prompt` responses each with the current policy;
-  2. grade them and assign credit with `algo.name`'s estimator -> per-token advantages (VinePPO: K MC rollouts
-     from every step boundary; GRPO / RLOO: the rewards of the other samples of the same prompt; PPO: a value
-     network's predictions and GAE);
-  3. update: the PPO family takes `epochs` passes of clipped-surrogate + KL-to-reference mini-batch steps (PPO:
-     then `epochs` passes of the value network's clipped value loss, vineppo.critic); RestEM fine-tunes on the
-     correct samples instead (vineppo.restem) and DPO+ trains on correct/incorrect pairs (vineppo.preference),
-     both with no credit step.
-Greedy test accuracy is measured before the first iteration and every `eval_every` iterations.
+One iteration, as in the paper's algorithm box (`Trainer.iteration`):
+  1. sample: draw `prompts_per_iteration` training problems (seeded by (seed, iteration), so the data position
+     is the iteration number) and `samples_per_prompt` responses each from the current policy, graded;
+  2. credit: the method's estimator (its row of vineppo.algorithms.METHODS) fills the per-token advantages
+     (VinePPO: K MC rollouts from every step boundary; GRPO / RLOO: the rewards of the other samples of the same
+     prompt; PPO: a value network's predictions and GAE; RestEM and DPO+ have none);
+  3. update: the method's update rule trains the policy on them (the PPO family: `epochs` passes of clipped
+     surrogate + KL-to-reference mini-batch steps, PPO then its value network's; RestEM: fine-tuning on the
+     correct samples; DPO+: correct/incorrect pairs).
+Greedy test accuracy is measured before the first iteration and every `eval_every` iterations. The trainer knows
+no method by name and no parallel backend by kind (vineppo.parallel).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from vineppo.config import Config, ConfigError, config_to_yaml
 from vineppo.context import Context
 from vineppo.credit import advantage_metrics
 from vineppo.credit.critic import Critic
-from vineppo.episodes import sample_metrics
+from vineppo.episodes import Episode, sample_metrics
 from vineppo.evaluate import evaluate_greedy
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
@@ -87,6 +87,13 @@ def check_sizes(cfg: Config, backend: Replicated) -> None:
         raise ConfigError(
             "engine.name=vllm cannot be combined with an FSDP or DeepSpeed config (vLLM needs the full weights)"
         )
+
+
+def check_finite(episodes: list[Episode]) -> None:
+    """A NonFiniteError on every rank when any rank's advantages hold NaN or inf (a collective)."""
+    finite = all(math.isfinite(a) for e in episodes for a in e.advantages)
+    if distributed.sum_over_ranks(torch.tensor([0.0 if finite else 1.0])).item() > 0:
+        raise NonFiniteError("the advantages contain NaN or inf")
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -263,33 +270,21 @@ class Trainer:
             )
 
     def iteration(self, iteration: int) -> dict[str, float]:
-        """One iteration: sample -> credit -> update; returns its metrics, each part contributing its own."""
-        cfg, tc = self.cfg, self.cfg.train
-        seed = iteration_seed(tc.seed, iteration)
-        ctx = Context(
-            cfg, self.engine, self.task, self.decode, self.sampling, self.device, seed=seed,
-            generator=torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank())),
-            whiten=whitens(cfg.algo), policy=self.policy, reference=self.reference, critic=self.critic,
-            bars=self.bars,
-        )
+        """One iteration, as the paper's algorithm box: sample -> credit -> update; the parts return their own
+        metrics."""
+        ctx = self.context(iteration)
         timings: dict[str, float] = {}
         metrics: dict[str, float] = {"tokens/mc": 0}  # MC rollout tokens: VinePPO's estimator reports its own
-
-        problems = random.Random(seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
-        problems = problems[distributed.rank() :: distributed.world_size()]  # this rank's share
         with self.backend.gathered(self.policy.model, self.value_model):  # the ranks generate unequal amounts
-            with self.timed("sample", timings), self.bars.phase("sampling", len(problems)) as bar:
-                episodes = sample_episodes(ctx, problems, tc.samples_per_prompt, self.encode, bar.advance)
+            with self.timed("sample", timings):
+                episodes = self.sample(ctx)
             with self.timed("credit", timings):
                 if self.method.credit is not None:
                     metrics.update(self.method.credit(episodes, ctx))
-        finite = all(math.isfinite(a) for e in episodes for a in e.advantages)
-        if distributed.sum_over_ranks(torch.tensor([0.0 if finite else 1.0])).item() > 0:  # every rank stops
-            raise NonFiniteError("the advantages contain NaN or inf")
+        check_finite(episodes)
         if self.log is not None:
-            shown = episodes[: cfg.logging.samples_per_iteration]
+            shown = episodes[: self.cfg.logging.samples_per_iteration]
             self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
-
         with self.timed("update", timings):
             metrics.update(self.method.update(episodes, ctx))
             self.engine.sync_weights()
@@ -301,6 +296,25 @@ class Trainer:
             **self.grader_metrics(),
             **{f"time/{name}": seconds for name, seconds in timings.items()},
         }
+
+    def context(self, iteration: int) -> Context:
+        """What the method's credit and update read in this iteration; every random draw is seeded from it."""
+        seed = iteration_seed(self.cfg.train.seed, iteration)
+        return Context(
+            self.cfg, self.engine, self.task, self.decode, self.sampling, self.device, seed=seed,
+            generator=torch.Generator(device=self.device).manual_seed(rank_seed(seed, distributed.rank())),
+            whiten=whitens(self.cfg.algo), policy=self.policy, reference=self.reference, critic=self.critic,
+            bars=self.bars,
+        )
+
+    def sample(self, ctx: Context) -> list[Episode]:
+        """This rank's share of the iteration's `prompts_per_iteration` training problems (drawn with the
+        iteration's seed, so the data position is the iteration number), `samples_per_prompt` responses each."""
+        tc = self.cfg.train
+        problems = random.Random(ctx.seed).sample(self.train_set, min(tc.prompts_per_iteration, len(self.train_set)))
+        problems = problems[distributed.rank() :: distributed.world_size()]
+        with self.bars.phase("sampling", len(problems)) as bar:
+            return sample_episodes(ctx, problems, tc.samples_per_prompt, self.encode, bar.advance)
 
     def evaluate(self) -> dict[str, float]:
         """Greedy test metrics. Every rank calls it (sharded weights are gathered for it); rank 0 alone evaluates,
