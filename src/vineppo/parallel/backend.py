@@ -14,8 +14,9 @@ resumes under any of them, on any number of ranks.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -62,11 +63,31 @@ class Replicated:
         return DataParallelStep(model, optimizer, max_grad_norm)
 
 
+class Sharded(Replicated):
+    """A backend whose models are spread over the ranks: `parallelism` (vineppo.parallel.fsdp or .zero) gathers
+    their weights and optimizer states."""
+
+    parallelism: ModuleType
+    allows_vllm = False  # vLLM needs the full weights
+
+    def gathered(self, *models):
+        return self.parallelism.gathered(*models)
+
+    def full_weights(self, model):
+        return self.parallelism.full_weights(model)
+
+    def optimizer_state(self, model, optimizer):
+        return self.parallelism.optimizer_state(model, optimizer)
+
+    def load_optimizer_state(self, model, optimizer, state):
+        self.parallelism.load_optimizer_state(model, optimizer, state)
+
+
 @dataclass
-class FSDP(Replicated):
+class FSDP(Sharded):
     settings: fsdp.FSDPSettings
     name = "fsdp"
-    allows_vllm = False
+    parallelism = fsdp
 
     @property
     def activation_checkpointing(self) -> bool:
@@ -76,50 +97,21 @@ class FSDP(Replicated):
         fsdp.shard(model, self.settings)  # before the optimizer exists: it holds the shards
         return make_optimizer(model.parameters())
 
-    def gathered(self, *models):
-        return fsdp.gathered(*models)
-
-    def full_weights(self, model):
-        return fsdp.full_weights(model)
-
-    def optimizer_state(self, model, optimizer):
-        return fsdp.optimizer_state(model, optimizer)
-
-    def load_optimizer_state(self, model, optimizer, state):
-        fsdp.load_optimizer_state(model, optimizer, state)
-
     def stepper(self, model, optimizer, max_grad_norm):
         return FSDPStep(model, optimizer, max_grad_norm)
 
 
 @dataclass
-class Zero(Replicated):
+class Zero(Sharded):
     settings: zero.ZeroSettings
     train: TrainConfig  # DeepSpeed's batch sizes and clipping come from it
     name = "zero"
-    allows_vllm = False
+    parallelism = zero
 
     def wrap(self, model, make_optimizer: OptimizerFactory) -> torch.optim.Optimizer:
-        optimizer = make_optimizer(model.parameters())
+        optimizer = make_optimizer(model.parameters())  # DeepSpeed's engine goes around it
         zero.initialize(model, optimizer, self.settings, self.train, micro_batches_per_step(self.train))
         return optimizer
-
-    @contextmanager
-    def gathered(self, *models):
-        with ExitStack() as stack:
-            for model in models:
-                if model is not None:
-                    stack.enter_context(zero.gathered(model))
-            yield
-
-    def full_weights(self, model):
-        return zero.full_weights(model)
-
-    def optimizer_state(self, model, optimizer):
-        return zero.optimizer_state(model, optimizer)
-
-    def load_optimizer_state(self, model, optimizer, state):
-        zero.load_optimizer_state(model, optimizer, state)
 
     def stepper(self, model, optimizer, max_grad_norm):
         return ZeroStep(zero.engine_of(model))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -195,9 +195,17 @@ def _release(engine_ref: weakref.ref) -> None:
 
 
 @contextmanager
-def gathered(model):
-    """Full weights for the block with no communication inside it (stage 3; other stages hold them anyway).
-    Entering and leaving are collectives."""
+def gathered(*models):
+    """Full weights of `models` (None ones are left alone) for the block, with no communication inside it (stage
+    3; other stages hold them anyway). Entering and leaving are collectives."""
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(_gathered(model))
+        yield
+
+
+@contextmanager
+def _gathered(model):
     engine = engine_of(model)
     if engine is None or engine.zero_optimization_stage() != 3:
         yield
