@@ -1,30 +1,101 @@
-"""The comparison benchmark: its table by hand, and a tiny run writing every output."""
+"""The seeded comparison benchmark: its statistics and cost model by hand, resuming, and a tiny run writing every
+output."""
 
 import json
+import math
 
 import pytest
 
 from tiny import TINY
 
-from vineppo.bench.compare import run_specs, table
+from vineppo.bench.compare import RunSpec, finished_or_run, run_specs
+from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
+from vineppo.bench.report import summarize, summary_table
+from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
 from vineppo.runlog import read_metrics
 
+POINTS = [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
+          {"iteration": 3, "seconds": 10.0, "tokens": 900, "accuracy": 0.8},
+          {"iteration": 6, "seconds": 20.0, "tokens": 1800, "accuracy": 0.7}]
 
-def test_table_by_hand():
-    results = {
-        "vineppo": [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
-                    {"iteration": 3, "seconds": 10.0, "tokens": 900, "accuracy": 0.8},
-                    {"iteration": 6, "seconds": 20.0, "tokens": 1800, "accuracy": 0.7}],
-        "ppo": [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
-                {"iteration": 9, "seconds": 20.0, "tokens": 500, "accuracy": 0.75}],
-        "grpo": [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
-                 {"iteration": 9, "seconds": 20.0, "tokens": 500, "accuracy": 0.6}],
-    }
-    rows = table(results).splitlines()[2:]
-    assert rows[0] == "| vineppo | 6 | 80.0% | 70.0% | 10 | 900 |"
-    assert rows[1] == "| ppo | 9 | 75.0% | 75.0% | 20 | 500 |"
-    assert rows[2] == "| grpo | 9 | 60.0% | 60.0% | — | — |"
+
+def test_the_interval_by_hand():
+    # 1..5: mean 3, s = sqrt(2.5), t(0.975, 4) = 2.776445 (tables): half-width 2.776445 * sqrt(2.5) / sqrt(5)
+    interval = mean_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert interval.mean == 3.0 and interval.n == 5
+    assert interval.half_width == pytest.approx(2.776445 * math.sqrt(0.5), rel=1e-6)
+    # two values 0 and 1: t(0.975, 1) = 12.706205, s = sqrt(0.5), half-width 12.706205 * 0.5
+    assert mean_interval([0.0, 1.0]).half_width == pytest.approx(6.3531, rel=1e-4)
+    one = mean_interval([0.7])
+    assert one.mean == 0.7 and math.isnan(one.half_width) and math.isnan(mean_interval([]).mean)
+
+
+def test_accuracy_at_area_and_first_reaching_by_hand():
+    assert [accuracy_at(POINTS, t) for t in (0, 9.9, 10, 15, 30)] == [0.5, 0.5, 0.8, 0.8, 0.7]
+    # 0.5 for 10 s, 0.8 for 10 s, 0.7 for the last 5 s of a 25 s budget
+    assert area_under_curve(POINTS, 25) == pytest.approx((5 + 8 + 3.5) / 25)
+    assert area_under_curve(POINTS, 15) == pytest.approx((5 + 4) / 15)  # points after the budget do not count
+    assert first_reaching(POINTS, 0.75, "seconds") == 10.0 and first_reaching(POINTS, 0.75, "tokens") == 900
+    assert first_reaching(POINTS, 0.9, "seconds") is None
+
+
+def test_paired_differences_pair_by_seed():
+    diff = paired_differences({0: 0.6, 1: 0.7, 2: 0.9}, {0: 0.5, 1: 0.5, 2: 0.6, 3: 0.1})  # seed 3 has no pair
+    assert diff.n == 3 and diff.mean == pytest.approx(0.2)
+    assert diff.half_width == pytest.approx(mean_interval([0.1, 0.2, 0.3]).half_width)
+
+
+def run(seed, accuracies, seconds=(0.0, 10.0, 20.0)):
+    points = [{"iteration": 2 * i, "seconds": s, "tokens": 100 * i, "cost/gpu_1b": 10.0 * i, "cost/gpu_7b": 5.0 * i,
+               "accuracy": a} for i, (s, a) in enumerate(zip(seconds, accuracies))]
+    return {"seed": seed, "points": points, "iterations": []}
+
+
+def test_the_summary_and_table_by_hand():
+    results = {"a": {0: run(0, [0.5, 0.8, 0.9]), 1: run(1, [0.5, 0.6, 0.7])},
+               "b": {0: run(0, [0.5, 0.5, 0.6]), 1: run(1, [0.5, 0.5, 0.5])}}
+    summary = summarize(results, budget=20, marks=[10, 20], thresholds=[0.6], baseline="b")
+    a, b = summary["runs"]["a"], summary["runs"]["b"]
+    assert a["auc"]["mean"] == pytest.approx(((0.5 + 0.8) / 2 + (0.5 + 0.6) / 2) / 2)
+    assert a["accuracy_at_10s"]["mean"] == pytest.approx(0.7) and a["accuracy_at_20s"]["mean"] == pytest.approx(0.8)
+    assert a["seconds_to_0.6"] == {**mean_interval([10.0, 10.0]).as_dict(), "of": 2}
+    assert b["seconds_to_0.6"]["n"] == 1 and b["seconds_to_0.6"]["mean"] == 20.0  # seed 1 never reaches 60%
+    assert a["iterations_per_second"]["mean"] == pytest.approx(0.2)
+    assert summary["cost_ends"] == {"gpu_1b": 20.0, "gpu_7b": 10.0}
+    # AUC over 20 s: a 0.65 (seed 0: 0.5 then 0.8) and 0.55 (seed 1), b 0.5 and 0.5; paired by seed: 0.15, 0.05
+    assert a["vs_baseline"]["auc"]["mean"] == pytest.approx(0.1) and "vs_baseline" not in b
+    assert a["vs_baseline"]["auc"]["high"] == pytest.approx(0.1 + 12.706205 * 0.05, rel=1e-6)
+    rows = summary_table(summary, "b").splitlines()
+    assert rows[0].startswith("| run | seeds | iterations/s | accuracy at 10 s | accuracy at 20 s | AUC (seconds)")
+    assert rows[3].startswith("| b | 2 | 0.2 [0.2, 0.2] | 50.0 [50.0, 50.0] | 55.0 [-8.5, 118.5] |")
+    assert rows[3].endswith("| 20.0 (1/2) | — | — | — |")
+
+
+def test_the_cost_model_counts_generated_and_trained_tokens():
+    record = {"tokens/policy": 100, "tokens/mc": 900, "tokens/update": 400, "tokens/value_update": 400,
+              "time/sample": 1.0, "time/credit": 9.0, "time/update": 4.0}
+    assert iteration_cost(record, CostModel("x", 0.1)) == pytest.approx(0.1 * 1000 + 800)
+    # 10 s for 1000 generated tokens, 4 s for 800 trained tokens: a generated token costs 2 trained tokens
+    assert measured_generation_cost([record, record]) == pytest.approx((10 / 1000) / (4 / 800))
+
+
+def test_a_finished_run_is_not_run_again_and_a_cut_short_one_starts_over(tmp_path):
+    calls = []
+
+    def fake_run(run_dir):
+        calls.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoints").mkdir()
+        return {"points": [{"accuracy": 0.5}], "seed": 0}
+
+    spec = RunSpec("vineppo K=3", ("algo.vineppo.k=3",))
+    cut_short = tmp_path / "runs" / "vineppoK3" / "seed0"
+    (cut_short / "stale").mkdir(parents=True)
+    result, ran = finished_or_run(spec, 0, tmp_path, fake_run)
+    assert ran and calls == [cut_short] and not (cut_short / "stale").exists()
+    again, ran = finished_or_run(spec, 0, tmp_path, fake_run)
+    assert not ran and again == result and len(calls) == 1
 
 
 def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
@@ -36,19 +107,32 @@ def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
 
 
 @pytest.mark.slow
-def test_a_tiny_comparison_writes_results_plots_and_table(tmp_path, sft_cache, capsys):
+def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp_path, sft_cache, capsys):
     out = tmp_path / "compare"
-    code = main(["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1",
-                 "--eval-seconds", "0.5", "--out", str(out), *TINY])
-    assert code == 0
+    args = ["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1", "--eval-seconds", "0.5",
+            "--seeds", "2", "--baseline", "ppo", "--out", str(out), *TINY]
+    assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"vineppo", "ppo", "vineppo K=1"}
-    for points in results["results"].values():
-        assert points[0]["iteration"] == 0 and points[-1]["seconds"] >= 1
-        assert all("train_accuracy" in p for p in points[1:])
-    for name in ("accuracy_vs_seconds", "accuracy_vs_tokens", "generalization", "k_ablation"):
+    for runs in results["results"].values():
+        assert set(runs) == {"0", "1"}
+        for run in runs.values():
+            points = run["points"]
+            assert points[0]["iteration"] == 0 and points[-1]["seconds"] >= 1
+            assert all("train_accuracy" in p and p["cost/gpu_7b"] > 0 for p in points[1:])
+            assert len(run["iterations"]) == points[-1]["iteration"]
+    assert results["summary"]["runs"]["vineppo"]["vs_baseline"]["auc"]["n"] == 2
+    for name in ("accuracy_vs_seconds", "accuracy_vs_tokens", "accuracy_vs_gpu_7b_cost", "generalization",
+                 "k_ablation"):
         assert (out / f"{name}.png").stat().st_size > 1000
-    assert "| vineppo K=1 |" in capsys.readouterr().out
-    run = out / "run-ppo"  # a run directory that `vineppo report` and `vineppo analyze values` can read
+    first = capsys.readouterr().out
+    assert "| vineppo K=1 | 2 |" in first
+    run = out / "runs" / "ppo" / "seed1"  # a run directory that `vineppo report` and `vineppo analyze values` read
     assert (run / "checkpoints" / "latest").is_file()
-    assert [r["iteration"] for r in read_metrics(run)] == list(range(results["results"]["ppo"][-1]["iteration"] + 1))
+    last = results["results"]["ppo"]["1"]["points"][-1]["iteration"]
+    assert [r["iteration"] for r in read_metrics(run)] == list(range(last + 1))
+
+    # Run again: every run is finished, nothing is trained, the same table comes out.
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out == first and captured.err.count("(done before)") == 6

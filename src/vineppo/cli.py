@@ -25,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 from vineppo.parallel import distributed
 from vineppo.algorithms import METHODS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
-from vineppo.bench.compare import compare
+from vineppo.bench.compare import Evaluation, compare
 from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, config_to_yaml, load_config
 from vineppo.data import DataError
@@ -136,7 +136,20 @@ def _build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--budget", type=float, default=120.0, help="training seconds per run (default 120)")
     comparison.add_argument("--eval-seconds", type=float, default=10.0,
                             help="training seconds between evaluations (default 10)")
-    comparison.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    comparison.add_argument("--out", default="runs/compare",
+                            help="output directory (default runs/compare); a finished run in it is not run again")
+    comparison.add_argument("--seeds", type=int, default=1,
+                            help="seeds per run: train.seed 0..N-1 (RL sampling and prompt order; default 1)")
+    comparison.add_argument("--baseline", metavar="NAME", help="report paired differences (same seed) against it")
+    comparison.add_argument("--marks", nargs="*", type=float, metavar="S",
+                            help="training seconds to report test accuracy at (default: budget/4, /2, budget)")
+    comparison.add_argument("--thresholds", nargs="*", type=float, metavar="ACC",
+                            help="accuracies to report the seconds and tokens to (default: the SFT model's + 0.1, "
+                                 "+ 0.2)")
+    comparison.add_argument("--eval-samples", type=int, default=0, metavar="N",
+                            help="test accuracy as the mean of N samples per problem (default 0: greedy)")
+    comparison.add_argument("--eval-temperature", type=float, default=0.35,
+                            help="the temperature of --eval-samples (default 0.35, the paper's)")
     return parser
 
 
@@ -314,7 +327,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
 def cmd_bench(args: argparse.Namespace, console: Console) -> None:
     """`bench compare` (the only benchmark so far)."""
     markdown = compare(
-        args.methods, args.k, args.budget, args.eval_seconds, Path(args.out), args.config, args.overrides, console
+        args.methods, args.k, args.budget, args.eval_seconds, Path(args.out), args.config, args.overrides, console,
+        seeds=list(range(args.seeds)), baseline=args.baseline, marks=args.marks, thresholds=args.thresholds,
+        evaluation=Evaluation(args.eval_samples, args.eval_temperature),
     )
     print(markdown)
 

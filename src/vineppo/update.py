@@ -119,8 +119,9 @@ def minibatch_steps(
     passes of a zero loss).
     `per_mini_batch(micro-batches)`, when given, turns each step's micro-batches into the ones to train on (every
     rank calls it once per step, also with none: it may be a collective; PPO whitens advantages with it).
-    Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), and the last
-    `lr`.
+    Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), the last `lr`,
+    and `tokens`: this rank's tokens (prompt + response) through the training forwards and backwards, every epoch
+    counted (the cost model of vineppo.bench.cost).
     """
     per_step = micro_batches_per_step(train)
     micro = rows_per_micro_batch or train.micro_batch_size
@@ -129,7 +130,7 @@ def minibatch_steps(
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(rows) / rows_per_step))
     gradients = trained.stepper(train.max_grad_norm)
     sums: dict[str, float] = {}
-    steps = 0
+    steps, trained_tokens = 0, 0
     trained.model.train()
     for _ in range(train.epochs):
         order = torch.randperm(len(rows), generator=generator).tolist()
@@ -141,6 +142,7 @@ def minibatch_steps(
             local = [sum(b.tokens.response_mask.sum().item() for b in group), sum(len(b.tokens.input_ids) for b in group)]
             tokens, sequences = distributed.sum_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
             totals = MiniBatchTotals(tokens=tokens, sequences=sequences)
+            trained_tokens += sum(int(b.tokens.attention_mask.sum().item()) for b in group)
             gradients.start()
             step_stats: dict[str, float] = {}
             for b in group:
@@ -164,6 +166,7 @@ def minibatch_steps(
                 on_step()
     stats = {name: value / steps for name, value in sums.items()}
     stats["lr"] = trained.scheduler.get_last_lr()[0]
+    stats["tokens"] = trained_tokens
     return stats
 
 
@@ -228,4 +231,5 @@ def policy_stats(stats: dict[str, float]) -> dict[str, float]:
     if "grad_norm" in stats:  # absent when the iteration had nothing to train on (RestEM, DPO+)
         stats["loss/grad_norm"] = stats.pop("grad_norm")
     stats["train/lr"] = stats.pop("lr")
+    stats["tokens/update"] = stats.pop("tokens")
     return stats

@@ -1,39 +1,60 @@
-"""The paper's comparison at equal wall-clock: every method from one shared SFT model (`vineppo bench compare`).
+"""The paper's comparison at equal wall-clock, over several seeds: every method from one shared SFT model
+(`vineppo bench compare`).
 
 Every run uses the same config (by default the quickstart's task, SFT model, engine, prompts and samples per
-iteration, seed and update settings; `config_paths` and `overrides` change it for all runs alike) except
-`algo.name` and, for the K ablation, `algo.vineppo.k`. Each run gets the same budget of
-training seconds (sampling + credit + update; evaluation is not counted), and greedy test accuracy is measured
-every `eval_seconds` of training time, so every method is evaluated at the same points of its budget.
-`train.iterations` is set far beyond what the budget reaches (1000), so the learning-rate schedule is the same,
-nearly constant one for every run.
+iteration and update settings; `config_paths` and `overrides` change it for all runs alike) except `algo.name`,
+for the K ablation `algo.vineppo.k`, and `train.seed`: seed s changes the RL sampling and the order of the
+training prompts, while the SFT model (its own `model.tiny.sft.seed`, or `model.path`) stays the one shared
+starting point. Each run gets the same budget of training seconds (sampling + credit + update; evaluation is not
+counted), and test accuracy is measured every `eval_seconds` of training time: greedy, or the mean accuracy of
+several samples per problem at a temperature (the paper: 16 at T = 0.35).
 
-Writes to `out`: results.json; PNGs of test accuracy against training seconds and against generated tokens
-(policy samples + MC rollouts); generalization.png (test accuracy against the training accuracy of the samples
-since the previous evaluation); k_ablation.png when K values are given; table.md (peak and final accuracy,
-seconds and tokens to reach PPO's peak), which is also printed.
+Resumable: each finished run leaves `runs/<label>/seed<s>/result.json` (written atomically) and is not run again;
+a run cut short is started over. Writes to `out`: results.json (settings, every run's points and per-iteration
+costs, the summary), table.md (also printed), and plots with 95% intervals over the seeds (vineppo.bench.report).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from rich.console import Console
 
 from vineppo.algorithms import METHODS
-from vineppo.config import ConfigPaths, load_config
+from vineppo.bench.cost import GPU_COSTS, iteration_cost
+from vineppo.bench.report import summarize, summary_table, write_plots
+from vineppo.config import ConfigError, ConfigPaths, load_config
+from vineppo.engine.base import SamplingParams
+from vineppo.evaluate import evaluate_sampled
 from vineppo.progress import Bars, make_console
 from vineppo.trainer import Trainer
+
+RESULT_FILE = "result.json"
+PER_ITERATION = ("time/sample", "time/credit", "time/update", "tokens/policy", "tokens/mc", "tokens/update",
+                 "tokens/value_update", "train/accuracy")
 
 
 @dataclass(frozen=True)
 class RunSpec:
     label: str
     overrides: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(" ", "").replace("=", "")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    samples: int = 0  # 0: greedy accuracy; n: the mean accuracy of n samples per problem at `temperature`
+    temperature: float = 0.35
 
 
 def run_specs(methods: list[str], k_values: list[int], base_k: int) -> list[RunSpec]:
@@ -46,119 +67,115 @@ def run_specs(methods: list[str], k_values: list[int], base_k: int) -> list[RunS
     return specs
 
 
+def measure_accuracy(trainer: Trainer, evaluation: Evaluation, seed: int) -> float:
+    """The policy's test accuracy: greedy, or the mean over `evaluation.samples` samples per problem."""
+    if evaluation.samples == 0:
+        return trainer.evaluate()["eval/accuracy"]
+    cfg = trainer.cfg.engine
+    params = SamplingParams(evaluation.temperature, cfg.top_p, cfg.max_new_tokens, trainer.task.stop_sequences)
+    results = evaluate_sampled(
+        trainer.engine, trainer.encode, trainer.decode, trainer.task, trainer.test_set, evaluation.samples, params,
+        torch.Generator(device=trainer.device).manual_seed(seed),
+    )
+    return statistics.fmean(r.pass_at_1 for r in results)
+
+
 def run_one(
-    spec: RunSpec, base: tuple[ConfigPaths, list[str]], budget: float, eval_seconds: float, out: Path,
-    console: Console,
-) -> list[dict]:
-    """Train until `budget` training seconds have passed; an evaluation point each `eval_seconds` of them."""
+    spec: RunSpec, seed: int, base: tuple[ConfigPaths, list[str]], budget: float, eval_seconds: float,
+    evaluation: Evaluation, run_dir: Path, console: Console,
+) -> dict:
+    """Train until `budget` training seconds have passed, with an evaluation point every `eval_seconds` of them;
+    the points, and every iteration's timings and token counts (for the cost model)."""
     config_paths, overrides = base
-    cfg = load_config(config_paths, [*overrides, *spec.overrides, "train.iterations=1000", "logging.progress=false"])
-    trainer = Trainer(cfg, out / ("run-" + spec.label.replace(" ", "").replace("=", "")), console)
-    points, seconds, tokens, iteration, train_accuracies = [], 0.0, 0, 0, []
+    cfg = load_config(config_paths, [*overrides, *spec.overrides, f"train.seed={seed}", "train.iterations=1000",
+                                     "logging.progress=false"])
+    trainer = Trainer(cfg, run_dir, console)
+    points, iterations, seconds, tokens, costs, iteration, train_accuracies = [], [], 0.0, 0, {}, 0, []
     with Bars(console, enabled=False) as trainer.bars:
-        initial = trainer.evaluate()
-        trainer.log.log(0, initial)
-        points.append({"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": initial["eval/accuracy"]})
+        accuracy = measure_accuracy(trainer, evaluation, seed)
+        trainer.log.log(0, {"eval/accuracy": accuracy})
+        points.append({"iteration": 0, "seconds": 0.0, "tokens": 0, **{f"cost/{m.name}": 0.0 for m in GPU_COSTS},
+                       "accuracy": accuracy})
         next_eval = eval_seconds
         while seconds < budget:
             started = time.perf_counter()
             metrics = trainer.iteration(iteration)
             seconds += time.perf_counter() - started
+            iterations.append({key: metrics.get(key, 0) for key in PER_ITERATION})
             tokens += int(metrics["tokens/policy"] + metrics["tokens/mc"])
+            for model in GPU_COSTS:
+                costs[model.name] = costs.get(model.name, 0.0) + iteration_cost(metrics, model)
             train_accuracies.append(metrics["train/accuracy"])
             iteration += 1
             if seconds >= next_eval or seconds >= budget:
-                metrics.update(trainer.evaluate())
+                metrics["eval/accuracy"] = measure_accuracy(trainer, evaluation, seed)
                 points.append({
-                    "iteration": iteration, "seconds": round(seconds, 1), "tokens": tokens,
+                    "iteration": iteration, "seconds": round(seconds, 2), "tokens": tokens,
+                    **{f"cost/{name}": round(cost) for name, cost in costs.items()},
                     "accuracy": metrics["eval/accuracy"], "train_accuracy": statistics.fmean(train_accuracies),
                 })
                 train_accuracies = []
                 next_eval = (seconds // eval_seconds + 1) * eval_seconds
-                console.print(f"{spec.label}: iteration {iteration}, {seconds:.0f} s, test accuracy "
-                              f"{metrics['eval/accuracy']:.1%}")
             trainer.log.log(iteration, metrics)
     trainer.save(iteration)  # so that `vineppo report` and `vineppo analyze values` can read the run
     trainer.log.close()
-    return points
+    return {"label": spec.label, "seed": seed, "points": points, "iterations": iterations}
 
 
-def first_reaching(points: list[dict], target: float, key: str) -> float | None:
-    return next((p[key] for p in points if p["accuracy"] >= target), None)
-
-
-def table(results: dict[str, list[dict]]) -> str:
-    reference = max(p["accuracy"] for p in results["ppo"]) if "ppo" in results else None
-    lines = [
-        "| method | iterations | peak accuracy | final accuracy | seconds to PPO's peak | tokens to PPO's peak |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, points in results.items():
-        to_s = first_reaching(points, reference, "seconds") if reference is not None else None
-        to_t = first_reaching(points, reference, "tokens") if reference is not None else None
-        lines.append(
-            f"| {name} | {points[-1]['iteration']} | {max(p['accuracy'] for p in points):.1%} | "
-            f"{points[-1]['accuracy']:.1%} | {'—' if to_s is None else f'{to_s:.0f}'} | "
-            f"{'—' if to_t is None else f'{to_t:,}'} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(
-    results: dict[str, list[dict]], x_key: str, x_label: str, path: Path, title: str = "", joined: bool = True
-) -> None:
-    """Test accuracy against `x_key`, one line per run (`joined=False`: points, with a faint line in time order)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in results.items():
-        shown = [p for p in points if x_key in p]
-        line = ax.plot([p[x_key] for p in shown], [p["accuracy"] for p in shown], "o-", markersize=3, label=name)[0]
-        if not joined:
-            line.set_alpha(0.35)
-            ax.scatter([p[x_key] for p in shown], [p["accuracy"] for p in shown], s=14, color=line.get_color())
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("greedy test accuracy")
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def finished_or_run(spec: RunSpec, seed: int, out: Path, run) -> tuple[dict, bool]:
+    """The run's result: read back if a previous call finished it, else run (from scratch) and written
+    atomically. The flag says whether it ran now."""
+    run_dir = out / "runs" / spec.slug / f"seed{seed}"
+    result_file = run_dir / RESULT_FILE
+    if result_file.is_file():
+        return json.loads(result_file.read_text()), False
+    if run_dir.exists():  # cut short: its checkpoints are of a run whose points were lost
+        shutil.rmtree(run_dir)
+    result = run(run_dir)
+    partial = result_file.with_suffix(".tmp")
+    partial.write_text(json.dumps(result))
+    os.replace(partial, result_file)
+    return result, True
 
 
 def compare(
     methods: list[str], k_values: list[int], budget: float, eval_seconds: float, out: Path,
     config_paths: ConfigPaths = None, overrides: list[str] = (), console: Console | None = None,
+    seeds: list[int] = (0,), baseline: str | None = None, marks: list[float] | None = None,
+    thresholds: list[float] | None = None, evaluation: Evaluation = Evaluation(),
 ) -> str:
-    """Run every spec one after the other, write results and plots to `out`, return the markdown table."""
+    """Run every spec with every seed, one after the other, write results and plots to `out`, return the
+    markdown table."""
     console = console or make_console()
     base_k = load_config(config_paths, list(overrides)).algo.vineppo.k
     specs = run_specs(methods, k_values, base_k)
+    if baseline is not None and baseline not in [s.label for s in specs]:
+        raise ConfigError(f"--baseline {baseline}: not one of the runs ({', '.join(s.label for s in specs)})")
     out.mkdir(parents=True, exist_ok=True)
     base = (config_paths, list(overrides))
-    results = {spec.label: run_one(spec, base, budget, eval_seconds, out, console) for spec in specs}
+    results: dict[str, dict[int, dict]] = {spec.label: {} for spec in specs}
+    total, done, ran, started = len(specs) * len(seeds), 0, 0, time.perf_counter()
+    for seed in seeds:  # seed by seed, so that a cut-short comparison has every method on its first seeds
+        for spec in specs:
+            result, now = finished_or_run(
+                spec, seed, out, lambda d: run_one(spec, seed, base, budget, eval_seconds, evaluation, d, console)
+            )
+            results[spec.label][seed] = result
+            done, ran = done + 1, ran + now
+            elapsed = time.perf_counter() - started
+            eta = f", about {elapsed / ran * (total - done) / 60:.0f} min left" if ran else ""
+            final = result["points"][-1]
+            console.print(f"[{done}/{total}] {spec.label}, seed {seed}: {final['iteration']} iterations, test "
+                          f"accuracy {final['accuracy']:.1%}{' (done before)' if not now else ''}{eta}",
+                          highlight=False)
+    summary = summarize(results, budget, marks, thresholds, baseline)
     settings = {
-        "budget_seconds": budget, "eval_seconds": eval_seconds, "config": config_paths, "overrides": list(overrides),
-        "runs": {s.label: s.overrides for s in specs},
+        "budget_seconds": budget, "eval_seconds": eval_seconds, "seeds": list(seeds), "baseline": baseline,
+        "evaluation": asdict(evaluation), "config": config_paths if config_paths is None else str(config_paths),
+        "overrides": list(overrides), "runs": {s.label: s.overrides for s in specs},
     }
-    (out / "results.json").write_text(json.dumps({**settings, "results": results}, indent=1))
-    methods_only = {m: results[m] for m in methods}
-    plot(methods_only, "seconds", "training seconds (sampling + credit + update)", out / "accuracy_vs_seconds.png")
-    plot(methods_only, "tokens", "generated tokens (policy + MC rollouts)", out / "accuracy_vs_tokens.png")
-    plot(methods_only, "train_accuracy", "training accuracy (samples at T = 0.6 since the last evaluation)",
-         out / "generalization.png", "test accuracy for a given training accuracy", joined=False)
-    ablation = {label: points for label, points in results.items() if label.startswith("vineppo K=")}
-    if ablation:
-        if "vineppo" in results:
-            ablation[f"vineppo K={base_k}"] = results["vineppo"]
-        ablation = dict(sorted(ablation.items(), key=lambda item: int(item[0].split("=")[1])))
-        plot(ablation, "seconds", "training seconds (sampling + credit + update)", out / "k_ablation.png",
-             "VinePPO: MC rollouts per step boundary")
-    markdown = table(results)
+    (out / "results.json").write_text(json.dumps({**settings, "summary": summary, "results": results}, indent=1))
+    write_plots(results, budget, out, base_k)
+    markdown = summary_table(summary, baseline)
     (out / "table.md").write_text(markdown + "\n")
     return markdown

@@ -119,7 +119,10 @@ class Critic:
 
         stats = minibatch_steps(self.trained, self.batches, self.train, generator, micro_loss, on_step)
         self.batches = []
-        return {"loss/value": stats["loss/value"], "value/grad_norm": stats["grad_norm"], "value/lr": stats["lr"]}
+        return {
+            "loss/value": stats["loss/value"], "value/grad_norm": stats["grad_norm"], "value/lr": stats["lr"],
+            "tokens/value_update": stats["tokens"],
+        }
 
     def state_dict(self) -> dict:
         return {

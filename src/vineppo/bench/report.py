@@ -1,0 +1,180 @@
+"""The summary of a seeded comparison: per run label, means and 95% intervals over the seeds (vineppo.bench.stats)
+of the figures the issue asks for, paired differences against a baseline, the markdown table and the plots.
+
+Figures of one run: test accuracy at fixed training-second marks; the area under its accuracy-vs-seconds curve
+over the budget (AUC, an accuracy); the seconds and generated tokens to reach accuracy thresholds (over the seeds
+that reach them; how many did is given); iterations per second; and, on the GPU cost axis (vineppo.bench.cost),
+the area under the accuracy-vs-cost curve up to the smallest cost every run of the comparison reached.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from vineppo.bench.cost import GPU_COSTS
+from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
+
+Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
+
+
+def area_over(points: Sequence[dict], key: str, end: float) -> float:
+    """The area under accuracy against `key` (seconds, a cost) up to `end`, as a mean accuracy."""
+    return area_under_curve([{"seconds": p[key], "accuracy": p["accuracy"]} for p in points], end)
+
+
+def default_thresholds(results: Runs) -> list[float]:
+    """The starting model's accuracy (the mean over every run's first evaluation) plus 10 and 20 points."""
+    start = mean_interval([r["points"][0]["accuracy"] for runs in results.values() for r in runs.values()]).mean
+    return [round(start + 0.1, 2), round(start + 0.2, 2)]
+
+
+def summarize(
+    results: Runs, budget: float, marks: list[float] | None = None, thresholds: list[float] | None = None,
+    baseline: str | None = None,
+) -> dict:
+    marks = marks or [budget / 4, budget / 2, budget]
+    thresholds = thresholds or default_thresholds(results)
+    cost_end = {m.name: min(r["points"][-1][f"cost/{m.name}"] for runs in results.values() for r in runs.values())
+                for m in GPU_COSTS}
+
+    def per_seed(runs: dict[int, dict]) -> dict[str, dict[int, float]]:
+        figures: dict[str, dict[int, float]] = {"auc": {}, "iterations_per_second": {}}
+        for seed, run in runs.items():
+            points = run["points"]
+            figures["auc"][seed] = area_under_curve(points, budget)
+            figures["iterations_per_second"][seed] = points[-1]["iteration"] / points[-1]["seconds"]
+            for mark in marks:
+                figures.setdefault(f"accuracy_at_{mark:g}s", {})[seed] = accuracy_at(points, mark)
+            for name, end in cost_end.items():
+                figures.setdefault(f"auc_{name}", {})[seed] = area_over(points, f"cost/{name}", end)
+        return figures
+
+    figures = {label: per_seed(runs) for label, runs in results.items()}
+    summary: dict[str, dict] = {"marks": marks, "thresholds": thresholds, "cost_ends": cost_end, "runs": {}}
+    for label, runs in results.items():
+        entry = {name: mean_interval(list(values.values())).as_dict() for name, values in figures[label].items()}
+        for threshold in thresholds:
+            for key in ("seconds", "tokens"):
+                reached = [first_reaching(r["points"], threshold, key) for r in runs.values()]
+                reached = [v for v in reached if v is not None]
+                entry[f"{key}_to_{threshold:g}"] = {**mean_interval(reached).as_dict(), "of": len(runs)}
+        if baseline is not None and label != baseline:
+            entry["vs_baseline"] = {
+                name: paired_differences(values, figures[baseline][name]).as_dict()
+                for name, values in figures[label].items() if name != "iterations_per_second"
+            }
+        summary["runs"][label] = entry
+    return summary
+
+
+def _interval(figure: dict, percent: bool = True, signed: bool = False) -> str:
+    """`mean [low, high]` (accuracies in points), the mean alone for one seed, a dash for none."""
+    if figure["n"] == 0:
+        return "—"
+    scale, sign = (100 if percent else 1), ("+" if signed else "")
+    mean = f"{figure['mean'] * scale:{sign}.1f}"
+    if figure["n"] < 2:
+        return mean
+    return f"{mean} [{figure['low'] * scale:{sign}.1f}, {figure['high'] * scale:{sign}.1f}]"
+
+
+def summary_table(summary: dict, baseline: str | None = None) -> str:
+    """The markdown table: per run label, mean [95% interval] over the seeds (accuracies in points)."""
+    marks, thresholds = summary["marks"], summary["thresholds"]
+    headers = ["run", "seeds", "iterations/s", *(f"accuracy at {m:g} s" for m in marks), "AUC (seconds)",
+               *(f"AUC ({m.name} cost)" for m in GPU_COSTS), *(f"seconds to {t:.0%}" for t in thresholds)]
+    if baseline is not None:
+        headers += [f"AUC - {baseline}", *(f"AUC ({m.name}) - {baseline}" for m in GPU_COSTS)]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for label, entry in summary["runs"].items():
+        reach = [entry[f"seconds_to_{t:g}"] for t in thresholds]
+        cells = [
+            label, str(entry["auc"]["n"]), _interval(entry["iterations_per_second"], percent=False),
+            *(_interval(entry[f"accuracy_at_{m:g}s"]) for m in marks), _interval(entry["auc"]),
+            *(_interval(entry[f"auc_{m.name}"]) for m in GPU_COSTS),
+            *(f"{_interval(r, percent=False)} ({r['n']}/{r['of']})" for r in reach),
+        ]
+        if baseline is not None:
+            paired = entry.get("vs_baseline")
+            names = ["auc", *(f"auc_{m.name}" for m in GPU_COSTS)]
+            cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _band(runs: dict[int, dict], key: str, grid: list[float]) -> tuple[list[float], list[float], list[float]]:
+    """The mean and 95% interval over the seeds of accuracy (a step function of `key`) on `grid`."""
+    columns = [[accuracy_at([{"seconds": p[key], "accuracy": p["accuracy"]} for p in r["points"]], x)
+                for r in runs.values()] for x in grid]
+    intervals: list[Interval] = [mean_interval(c) for c in columns]
+    mean = [i.mean for i in intervals]
+    low = [i.low if i.n > 1 else i.mean for i in intervals]
+    high = [i.high if i.n > 1 else i.mean for i in intervals]
+    return mean, low, high
+
+
+def plot_bands(results: Runs, key: str, end: float, label: str, path: Path, title: str = "") -> None:
+    """Test accuracy against `key` up to `end`: per run label the mean over its seeds, shaded 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [end * i / 200 for i in range(201)]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in results.items():
+        mean, low, high = _band(runs, key, grid)
+        line = ax.step(grid, mean, where="post", label=f"{name} ({len(runs)} seeds)")[0]
+        ax.fill_between(grid, low, high, step="post", alpha=0.2, color=line.get_color())
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_generalization(results: Runs, path: Path) -> None:
+    """Test accuracy against the training accuracy of the samples since the previous evaluation, every point of
+    every seed (the paper: VinePPO reaches a higher test accuracy for a given training accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, runs in results.items():
+        shown = [p for r in runs.values() for p in r["points"] if "train_accuracy" in p]
+        ax.scatter([p["train_accuracy"] for p in shown], [p["accuracy"] for p in shown], s=10, alpha=0.5, label=name)
+    ax.set_xlabel("training accuracy (samples since the previous evaluation)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
+    methods = {label: runs for label, runs in results.items() if not label.startswith("vineppo K=")}
+    plot_bands(methods, "seconds", budget, "training seconds (sampling + credit + update)",
+               out / "accuracy_vs_seconds.png")
+    last = lambda key: min(r["points"][-1][key] for runs in results.values() for r in runs.values())  # noqa: E731
+    plot_bands(methods, "tokens", last("tokens"), "generated tokens (policy + MC rollouts)",
+               out / "accuracy_vs_tokens.png")
+    for model in GPU_COSTS:
+        plot_bands(methods, f"cost/{model.name}", last(f"cost/{model.name}"),
+                   f"GPU cost ({model.name}: a generated token = {model.generation} trained tokens)",
+                   out / f"accuracy_vs_{model.name}_cost.png")
+    plot_generalization(methods, out / "generalization.png")
+    ablation = {label: runs for label, runs in results.items() if label.startswith("vineppo K=")}
+    if ablation:
+        if "vineppo" in results:
+            ablation[f"vineppo K={base_k}"] = results["vineppo"]
+        ablation = dict(sorted(ablation.items(), key=lambda item: int(item[0].split("=")[1])))
+        plot_bands(ablation, "seconds", budget, "training seconds (sampling + credit + update)",
+                   out / "k_ablation.png", "VinePPO: MC rollouts per step boundary")

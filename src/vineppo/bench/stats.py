@@ -1,0 +1,76 @@
+"""The figures of a seeded comparison: what each run's evaluation points say, and their mean over seeds with a 95%
+confidence interval (Student's t over the seeds: the runs of one method are independent draws of its outcome).
+
+A run's points are `{"seconds", "tokens", "accuracy", "iteration"}` dicts in time order, the first at 0 s. Its
+accuracy at time t is the accuracy of its last evaluation at or before t: the model one would have at t, as last
+measured (a step function). Its area under the accuracy-vs-seconds curve is that step function's mean over
+[0, budget], an accuracy (1 = right from the start).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from scipy.stats import t as student_t
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of `n` values and the half-width of its confidence interval (nan with fewer than 2 values)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half_width
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half_width
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n}
+
+
+def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean and two-sided `level` t-interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n)."""
+    n = len(values)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0)
+    mean = statistics.fmean(values)
+    if n == 1:
+        return Interval(mean, math.nan, 1)
+    quantile = float(student_t.ppf((1 + level) / 2, n - 1))
+    return Interval(mean, quantile * statistics.stdev(values) / math.sqrt(n), n)
+
+
+def accuracy_at(points: Sequence[dict], seconds: float) -> float:
+    """The accuracy of the last evaluation at or before `seconds`."""
+    return [p for p in points if p["seconds"] <= seconds][-1]["accuracy"]
+
+
+def area_under_curve(points: Sequence[dict], budget: float) -> float:
+    """The mean over [0, budget] of `accuracy_at`: each evaluation's accuracy holds until the next one."""
+    total = 0.0
+    for point, following in zip(points, [*points[1:], None]):
+        start = min(point["seconds"], budget)
+        end = budget if following is None else min(following["seconds"], budget)
+        total += point["accuracy"] * (end - start)
+    return total / budget
+
+
+def first_reaching(points: Sequence[dict], threshold: float, key: str) -> float | None:
+    """`key` (seconds, tokens) at the first evaluation with accuracy >= `threshold`; None if none reaches it."""
+    return next((p[key] for p in points if p["accuracy"] >= threshold), None)
+
+
+def paired_differences(runs: dict[int, float], baseline: dict[int, float]) -> Interval:
+    """The mean over the seeds both have of (run - baseline), seed by seed, with its interval."""
+    return mean_interval([runs[seed] - baseline[seed] for seed in sorted(runs.keys() & baseline.keys())])
