@@ -60,7 +60,7 @@ def test_grader_returns_a_binary_reward_quickly_on_any_string(response):
     grade = TASK.grade(TASK.test_problems()[0], response)
     assert grade.reward in (0.0, 1.0)
     assert grade.parsed or grade.reward == 0.0
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 1.0  # microseconds normally; a busy machine may pause the process
 
 
 MATH_GRADER_LIMIT_S = 2.0
@@ -82,4 +82,5 @@ def test_the_math_grader_gives_0_or_1_within_its_time_limit(math_grader, respons
     started = time.perf_counter()
     grade = math_grader.grade(response, gold)
     assert grade.reward in (0.0, 1.0) and (grade.parsed or grade.reward == 0.0)
-    assert time.perf_counter() - started < MATH_GRADER_LIMIT_S + 2.0
+    # the limit, plus killing a worker and starting another on a busy machine (up to 8.5 s seen: test_grading.py)
+    assert time.perf_counter() - started < MATH_GRADER_LIMIT_S + 20.0

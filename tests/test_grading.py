@@ -165,7 +165,9 @@ ADVERSARIAL = [
 def test_adversarial_answers_return_within_the_time_limit(boxed_grader, response, gold):
     start = time.monotonic()
     grade = boxed_grader.grade(response, gold)
-    assert time.monotonic() - start < TIMEOUT_S + 2.0  # the limit, plus killing and respawning on a busy machine
+    # Without the limit these would run for hours or exhaust memory. With it: the limit, plus killing the worker
+    # and starting another, which took up to 8.5 s on a 2-core machine busy with a test suite beside (load 3.3).
+    assert time.monotonic() - start < TIMEOUT_S + 20.0
     assert grade.reward in (0.0, 1.0)
 
 
