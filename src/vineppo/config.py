@@ -146,6 +146,31 @@ class ArithmeticConfig(_Section):
     """How often the teacher writes its wrong result on those facts."""
 
 
+class ForksConfig(_Section):
+    """The built-in task made for credit assignment (vineppo.tasks.forks; docs/tasks.md): chains of `num_steps`
+    one-digit steps, `num_forks` of them with two alternatives, ending on a target, lines with filler words."""
+
+    num_steps: int = Field(10, ge=1, le=30)
+    num_forks: int = Field(3, ge=0)
+    max_operand: int = Field(9, ge=1, le=9)
+    operators: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$")
+    filler_words: int = Field(1, ge=0, le=4)
+    """Free words the teacher writes in front of each line (so, then, now, ok: irrelevant to the reward)."""
+    train_size: int = Field(20000, ge=1)
+    test_size: int = Field(1024, ge=1)
+    seed: int = 4321
+    teacher_error_facts: float = Field(0.1, ge=0, le=1)
+    """Share of the facts (a op b) on which the SFT teacher holds a misconception (tasks/arithmetic.py)."""
+    teacher_error_rate: float = Field(0.5, ge=0, le=1)
+    """How often the teacher writes its wrong result on those facts."""
+
+    @model_validator(mode="after")
+    def _forks_fit(self) -> "ForksConfig":
+        if self.num_forks > self.num_steps:
+            raise ValueError(f"num_forks ({self.num_forks}) cannot exceed num_steps ({self.num_steps})")
+        return self
+
+
 class GraderConfig(_Section):
     """How model answers are checked against gold ones (vineppo.tasks.grading)."""
 
@@ -193,8 +218,9 @@ class MATHConfig(DatasetTaskConfig):
 
 
 class TaskConfig(_Section):
-    name: Literal["arithmetic", "gsm8k", "math"] = "arithmetic"
+    name: Literal["arithmetic", "forks", "gsm8k", "math"] = "arithmetic"
     arithmetic: ArithmeticConfig = ArithmeticConfig()
+    forks: ForksConfig = ForksConfig()
     gsm8k: GSM8KConfig = GSM8KConfig()
     math: MATHConfig = MATHConfig()
 

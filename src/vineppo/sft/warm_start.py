@@ -40,7 +40,7 @@ from vineppo.model_sources import cache_root
 from vineppo.models import build_char_tokenizer, build_tiny_model, resolve_device
 from vineppo.progress import bars_shown, make_console
 from vineppo.sft.examples import collate, encode_examples
-from vineppo.tasks import build_task
+from vineppo.tasks import BUILT_IN_TASKS, build_task
 from vineppo.tasks.base import Problem
 
 FORMAT_VERSION = 2
@@ -115,7 +115,7 @@ def cache_dir() -> Path:
 def _cache_key(cfg: Config) -> dict:
     return {
         "format": FORMAT_VERSION,
-        "task": cfg.task.model_dump(mode="json"),
+        "task": {"name": cfg.task.name, cfg.task.name: getattr(cfg.task, cfg.task.name).model_dump(mode="json")},
         "tiny": cfg.model.tiny.model_dump(mode="json", exclude={"sft"}),  # the keys of caches made before
         "sft": cfg.model.tiny.sft.model_dump(mode="json"),  # model.tiny.sft was model.sft: they stay valid
     }
@@ -136,9 +136,10 @@ def ensure_sft_model(cfg: Config, progress: bool | None = None, console: Console
     """
     if cfg.model.path != "tiny":
         raise ValueError(f"ensure_sft_model needs model.path == 'tiny' (got '{cfg.model.path}')")
-    if cfg.task.name != "arithmetic":
+    if cfg.task.name not in BUILT_IN_TASKS:
         raise ConfigError(
-            f"model.path: the built-in tiny model (model.path=tiny) reads only the arithmetic task's characters; "
+            f"model.path: the built-in tiny model (model.path=tiny) reads only the built-in tasks' characters "
+            f"({', '.join(BUILT_IN_TASKS)}); "
             f"for task.name={cfg.task.name} give a Hugging Face causal LM (model.path=HUB_ID_OR_DIR, or "
             f"model.path=smollm2-135m-instruct)"
         )

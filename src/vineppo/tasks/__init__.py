@@ -7,6 +7,9 @@ from vineppo.tasks.base import Grade, Problem, Task
 from vineppo.tasks.prompts import ApplyChatTemplate
 
 
+BUILT_IN_TASKS = ("arithmetic", "forks")  # generated here, with an alphabet the tiny model's tokenizer is built from
+
+
 def build_task(cfg: TaskConfig, apply_chat_template: ApplyChatTemplate | None = None) -> Task:
     """The task named by `cfg.name`, built from its own config section.
 
@@ -16,6 +19,10 @@ def build_task(cfg: TaskConfig, apply_chat_template: ApplyChatTemplate | None = 
         from vineppo.tasks.arithmetic import ArithmeticTask
 
         return ArithmeticTask(cfg.arithmetic)
+    if cfg.name == "forks":
+        from vineppo.tasks.forks import ForksTask
+
+        return ForksTask(cfg.forks)
     if cfg.name == "gsm8k":
         from vineppo.tasks.gsm8k import GSM8KTask
 
@@ -24,7 +31,7 @@ def build_task(cfg: TaskConfig, apply_chat_template: ApplyChatTemplate | None = 
         from vineppo.tasks.math import MATHTask
 
         return MATHTask(cfg.math, apply_chat_template)
-    raise ValueError(f"task.name: unknown task '{cfg.name}' (known: arithmetic, gsm8k, math)")
+    raise ValueError(f"task.name: unknown task '{cfg.name}' (known: arithmetic, forks, gsm8k, math)")
 
 
-__all__ = ["Grade", "Problem", "Task", "build_task"]
+__all__ = ["BUILT_IN_TASKS", "Grade", "Problem", "Task", "build_task"]

@@ -44,7 +44,8 @@ from vineppo.tasks.base import Grade, Problem
 _ANSWER_LINE = re.compile(r"#(-?[0-9]+)")
 
 
-def _apply(left: int, op: str, right: int) -> int:
+def apply_op(left: int, op: str, right: int) -> int:
+    """One step, left to right, modulo 10."""
     if op == "+":
         return (left + right) % 10
     if op == "-":
@@ -52,10 +53,10 @@ def _apply(left: int, op: str, right: int) -> int:
     return (left * right) % 10
 
 
-Fact = tuple[int, str, int]
+Fact = tuple[int, str, int]  # left operand, operator, right operand
 
 
-def solve(expression: str, apply: Callable[[int, str, int], int] = _apply) -> tuple[str, int]:
+def solve(expression: str, apply: Callable[[int, str, int], int] = apply_op) -> tuple[str, int]:
     """The step-by-step solution (without the answer line) and the answer of a prompt expression.
 
     `apply` computes one step; the default is exact arithmetic (the gold solution), the SFT teacher passes its own.
@@ -68,6 +69,32 @@ def solve(expression: str, apply: Callable[[int, str, int], int] = _apply) -> tu
         lines.append(f"{value}{op}{right}={result}\n")
         value = result
     return "".join(lines), value
+
+
+class FallibleTeacher:
+    """The SFT teacher of the built-in tasks: exact, except on a seeded `teacher_error_facts` share of the facts
+    (a op b), each with one fixed wrong result, which it writes in a share `teacher_error_rate` of the times it
+    meets the fact (seeded too, so its demonstrations are reproducible). `cfg`: any config with `seed`,
+    `operators`, `max_operand` and the two error knobs."""
+
+    def __init__(self, cfg) -> None:
+        self.rate = cfg.teacher_error_rate
+        facts = [
+            (left, op, right)
+            for op in sorted(set(cfg.operators))
+            for left in range(10)
+            for right in range(1 if op == "*" else 0, cfg.max_operand + 1)
+        ]
+        rng = random.Random(f"{cfg.seed}-misconceptions")
+        chosen = rng.sample(facts, round(cfg.teacher_error_facts * len(facts)))
+        self.misconceptions: dict[Fact, int] = {fact: (apply_op(*fact) + rng.randint(1, 9)) % 10 for fact in chosen}
+        self.rng = random.Random(f"{cfg.seed}-teacher")
+
+    def __call__(self, left: int, op: str, right: int) -> int:
+        wrong = self.misconceptions.get((left, op, right))
+        if wrong is not None and self.rng.random() < self.rate:
+            return wrong
+        return apply_op(left, op, right)
 
 
 class ArithmeticTask:
@@ -130,15 +157,7 @@ class ArithmeticTask:
 
     def sft_problems(self) -> list[Problem]:
         """The training problems with the fallible teacher's solutions (see the module docstring)."""
-        misconceptions = self._misconceptions()
-        rng = random.Random(f"{self.cfg.seed}-teacher")
-
-        def teacher(left: int, op: str, right: int) -> int:
-            wrong = misconceptions.get((left, op, right))
-            if wrong is not None and rng.random() < self.cfg.teacher_error_rate:
-                return wrong
-            return _apply(left, op, right)
-
+        teacher = FallibleTeacher(self.cfg)
         problems = []
         for problem in self._train:
             steps, answer = solve(problem.prompt.strip(), teacher)
@@ -146,17 +165,7 @@ class ArithmeticTask:
         return problems
 
     def _misconceptions(self) -> dict[Fact, int]:
-        """A seeded `teacher_error_facts` share of all facts (a op b), each with one fixed wrong result."""
-        cfg = self.cfg
-        facts = [
-            (left, op, right)
-            for op in sorted(set(cfg.operators))
-            for left in range(10)
-            for right in range(1 if op == "*" else 0, cfg.max_operand + 1)
-        ]
-        rng = random.Random(f"{cfg.seed}-misconceptions")
-        chosen = rng.sample(facts, round(cfg.teacher_error_facts * len(facts)))
-        return {fact: (_apply(*fact) + rng.randint(1, 9)) % 10 for fact in chosen}
+        return FallibleTeacher(self.cfg).misconceptions
 
     def test_problems(self) -> list[Problem]:
         return list(self._test)

@@ -1,0 +1,170 @@
+"""The second built-in task, made for credit assignment: long chains with forks, whose dead ends show only at the
+end, written with free filler words (docs/tasks.md says why each part is there).
+
+A problem is a start digit, `num_steps` steps and a target. Most steps are fixed (`+3`); `num_forks` of them, at
+random positions, offer two alternatives (`[*2|-5]`). Every value is a digit, each step computed left to right
+modulo 10 as in the arithmetic task. The response takes one line per step, choosing one alternative at a fork, and
+must end on the target:
+
+    4+3[*2|-5]+1-6[+2|*3]+4*7-2[-1|*9]+5>3     <- prompt (followed by a newline)
+    so 4+3=7
+    then 7-5=2                                  <- a fork: *2 would also be legal, but leads elsewhere
+    ...
+    #3
+
+Each line may start with filler words (`so`, `then`, `now`, `ok`, separated by spaces): the teacher writes
+`filler_words` of them, drawn at random, so they are free tokens that do not matter for the reward, as phrasing is
+in GSM8K. The target is the end of one path through the forks (drawn with the problem), so at least one choice at
+every fork reaches it; a wrong choice is a dead end that only shows in the final value. Arithmetic slips (the
+teacher's misconceptions, tasks/arithmetic.FallibleTeacher, and the model's own) are independent chances to go
+wrong on every line.
+
+Grading is exact and evaluates nothing: the reward is 1 iff the response is `num_steps` step lines, each legal at
+its position (its left operand the value so far, its operation the fixed one or one of the fork's two, its result
+right), then `#<target>`; otherwise 0. Only the answer line decides `parsed`. The target being in the prompt, the
+trace is checked, not just the answer.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from vineppo.config import ForksConfig
+from vineppo.tasks.arithmetic import FallibleTeacher, apply_op
+from vineppo.tasks.base import Grade, Problem
+
+FILLERS = ("so", "then", "now", "ok")
+_STEP = re.compile(r"\[([+\-*])([0-9])\|([+\-*])([0-9])\]|([+\-*])([0-9])")
+_PROMPT = re.compile(r"([0-9])((?:\[[+\-*][0-9]\|[+\-*][0-9]\]|[+\-*][0-9])+)>([0-9])")
+_LINE = re.compile(r"(?:(?:" + "|".join(FILLERS) + r") )*([0-9])([+\-*])([0-9])=([0-9])")
+_ANSWER = re.compile(r"#(-?[0-9]+)")
+
+Step = list[tuple[str, int]]  # the legal (operator, operand) pairs of a step: one, or two at a fork
+
+
+def parse_prompt(prompt: str) -> tuple[int, list[Step], int]:
+    """(start, steps, target) of a prompt this task wrote."""
+    match = _PROMPT.fullmatch(prompt.strip())
+    if match is None:
+        raise ValueError(f"not a forks prompt: {prompt!r}")
+    steps = []
+    for fork_a, a, fork_b, b, op, operand in _STEP.findall(match.group(2)):
+        steps.append([(fork_a, int(a)), (fork_b, int(b))] if fork_a else [(op, int(operand))])
+    return int(match.group(1)), steps, int(match.group(3))
+
+
+class ForksTask:
+    """Chains with forks; a deterministic, disjoint train/test split drawn from `cfg.seed`."""
+
+    name = "forks"
+    alphabet = "0123456789+-*=#\n[|]> " + "".join(sorted(set("".join(FILLERS))))
+    """Every character a prompt or solution uses (the tiny model's tokenizer is built from it)."""
+
+    stop_sequences: tuple[str, ...] = ()
+
+    def __init__(self, cfg: ForksConfig) -> None:
+        self.cfg = cfg
+        rng = random.Random(cfg.seed)
+        test = self._draw(rng, cfg.test_size, exclude=set())
+        train = self._draw(rng, cfg.train_size, exclude={p for p, _ in test})
+        self._test = [self._problem(f"forks-test-{i}", p, path) for i, (p, path) in enumerate(test)]
+        self._train = [self._problem(f"forks-train-{i}", p, path) for i, (p, path) in enumerate(train)]
+        self._train_paths = [path for _, path in train]  # the fork choices of each gold solution
+
+    def _operation(self, rng: random.Random) -> tuple[str, int]:
+        op = rng.choice(self.cfg.operators)
+        return op, rng.randint(1 if op == "*" else 0, self.cfg.max_operand)  # no *0: it would absorb the chain
+
+    def _draw(self, rng: random.Random, count: int, exclude: set[str]) -> list[tuple[str, list[int]]]:
+        """`count` distinct prompts not in `exclude`, each with the fork choices (0 or 1) of its target's path. At
+        each fork the two alternatives give different values from the path's value there: a real choice."""
+        cfg = self.cfg
+        drawn: dict[str, list[int]] = {}
+        attempts = 0
+        while len(drawn) < count:
+            attempts += 1
+            if attempts > 100 * count + 10_000:
+                raise ValueError(f"task.forks: could not draw {count} distinct problems (found {len(drawn)})")
+            start = value = rng.randint(0, 9)
+            forks = set(rng.sample(range(cfg.num_steps), cfg.num_forks))
+            text, path = str(start), []
+            for i in range(cfg.num_steps):
+                first = self._operation(rng)
+                if i not in forks:
+                    text += f"{first[0]}{first[1]}"
+                    value = apply_op(value, *first)
+                    continue
+                second = self._operation(rng)
+                while apply_op(value, *second) == apply_op(value, *first):
+                    second = self._operation(rng)
+                text += f"[{first[0]}{first[1]}|{second[0]}{second[1]}]"
+                path.append(rng.randint(0, 1))
+                value = apply_op(value, *(first, second)[path[-1]])
+            text += f">{value}"
+            if text not in exclude and text not in drawn:
+                drawn[text] = path
+        return list(drawn.items())
+
+    def _solution(self, prompt: str, path: list[int], apply, rng: random.Random) -> str:
+        """The lines along `path` (fork choices), each result from `apply` and `filler_words` drawn by `rng` in
+        front, then the answer line: the value it ended on."""
+        value, steps, _ = parse_prompt(prompt)
+        choices = iter(path)
+        lines = []
+        for options in steps:
+            op, operand = options[next(choices) if len(options) == 2 else 0]
+            result = apply(value, op, operand)
+            fillers = "".join(f"{rng.choice(FILLERS)} " for _ in range(self.cfg.filler_words))
+            lines.append(f"{fillers}{value}{op}{operand}={result}\n")
+            value = result
+        return "".join(lines) + f"#{value}"
+
+    def _problem(self, problem_id: str, prompt: str, path: list[int]) -> Problem:
+        solution = self._solution(prompt, path, apply_op, random.Random(f"{self.cfg.seed}-{problem_id}"))
+        return Problem(id=problem_id, prompt=prompt + "\n", solution=solution, answer=prompt.rsplit(">", 1)[1])
+
+    def train_problems(self) -> list[Problem]:
+        return list(self._train)
+
+    def sft_problems(self) -> list[Problem]:
+        """The training problems with the fallible teacher's solutions: it takes the target's path, writes random
+        filler words, and slips on its misconceived facts (then carries on from what it wrote, so its answer line
+        may miss the target)."""
+        teacher = FallibleTeacher(self.cfg)
+        rng = random.Random(f"{self.cfg.seed}-teacher-fillers")
+        return [
+            Problem(p.id, p.prompt, self._solution(p.prompt, path, teacher, rng), p.answer)
+            for p, path in zip(self._train, self._train_paths)
+        ]
+
+    def test_problems(self) -> list[Problem]:
+        return list(self._test)
+
+    def grade(self, problem: Problem, response: str) -> Grade:
+        """1.0 iff the response is a legal trace ending on the target (see the module docstring)."""
+        answer = self.extract_answer(response)
+        if answer is None:
+            return Grade(0.0, parsed=False)
+        start, steps, target = parse_prompt(problem.prompt)
+        lines = response.rstrip().split("\n")
+        if len(lines) != len(steps) + 1 or int(answer) != target:
+            return Grade(0.0, parsed=True)
+        value = start
+        for options, line in zip(steps, lines):
+            match = _LINE.fullmatch(line)
+            if match is None:
+                return Grade(0.0, parsed=True)
+            left, op, operand, result = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+            if left != value or (op, operand) not in options or result != apply_op(left, op, operand):
+                return Grade(0.0, parsed=True)
+            value = result
+        return Grade(1.0 if value == target else 0.0, parsed=True)
+
+    def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
+        return [self.grade(p, r) for p, r in zip(problems, responses)]
+
+    def extract_answer(self, response: str) -> str | None:
+        """The last line's `#<integer>`, if the response ends on one."""
+        match = _ANSWER.fullmatch(response.rstrip().split("\n")[-1].strip())
+        return str(int(match.group(1))) if match else None
