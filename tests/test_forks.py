@@ -40,6 +40,15 @@ def test_problems_have_the_configured_shape_and_a_reachable_target():
     assert ForksTask(CFG).test_problems() == TASK.test_problems()  # deterministic
 
 
+def test_a_fork_line_restates_the_fork_as_the_prompt_writes_it():
+    problem = TASK.test_problems()[0]
+    _, steps, _ = parse_prompt(problem.prompt)
+    for options, line in zip(steps, problem.solution.split("\n")):
+        if len(options) == 2:
+            (a, x), (b, y) = options
+            assert f"[{a}{x}|{b}{y}]" in line and f"[{a}{x}|{b}{y}]" in problem.prompt
+
+
 def test_every_fork_is_a_real_choice_on_the_gold_path():
     for problem in TASK.test_problems():
         start, steps, _ = parse_prompt(problem.prompt)
@@ -70,8 +79,8 @@ def test_the_teacher_takes_the_gold_path_and_errs_only_on_its_misconceived_facts
         value = parse_prompt(gold.prompt)[0]
         for gold_line, line in zip(gold.solution.split("\n")[:-1], teacher.solution.split("\n")[:-1]):
             equation, gold_equation = line.split(" ")[-1], gold_line.split(" ")[-1]
-            assert equation[1:3] == gold_equation[1:3]  # the same operation: the gold path's choice at a fork
-            left, op, right, result = int(equation[0]), equation[1], int(equation[2]), int(equation[4])
+            assert equation[1:-4] == gold_equation[1:-4] and equation[-4:-2] == gold_equation[-4:-2]  # same choice
+            left, op, right, result = int(equation[0]), equation[-4], int(equation[-3]), int(equation[-1])
             assert left == value  # it carries on from what it wrote
             if result != apply_op(left, op, right):
                 assert wrong_facts[(left, op, right)] == result
@@ -86,21 +95,23 @@ def solution(*lines, answer="3"):
 
 
 @pytest.mark.parametrize(("response", "reward", "parsed"), [
-    (solution("so 4+3=7", "then 7-5=2", "ok 2+1=3"), 1.0, True),
-    (solution("4+3=7", "7-5=2", "2+1=3"), 1.0, True),  # no fillers: fine
-    (solution("so then now 4+3=7", "7-5=2", "ok 2+1=3"), 1.0, True),  # several: fine
-    (solution("so 4+3=7", "then 7-5=2", "ok 2+1=3") + "\n", 1.0, True),  # a trailing newline
-    (solution("so 4+3=7", "then 7*2=4", "ok 4+1=5", answer="5"), 0.0, True),  # the other branch: a dead end
-    (solution("so 4+3=7", "then 7*2=4", "ok 4+1=5"), 0.0, True),  # a dead end, the target claimed anyway
-    (solution("so 4+3=7", "then 7-5=2", "ok 2+1=4", answer="4"), 0.0, True),  # arithmetic slip
-    (solution("so 4+3=7", "then 7-4=3", "ok 3+0=3"), 0.0, True),  # operations that are not the problem's
-    (solution("so 4+3=7", "then 7-5=2"), 0.0, True),  # a step missing
-    (solution("so 4+3=7", "then 7-5=2", "ok 2+1=3", "ok 3+0=3"), 0.0, True),  # a step too many
-    (solution("so 5+3=8", "then 8-5=3", "ok 3+0=3"), 0.0, True),  # the wrong start
-    (solution("hmm 4+3=7", "then 7-5=2", "ok 2+1=3"), 0.0, True),  # a word that is not a filler
+    (solution("so 4+3=7", "then 7[*2|-5]-5=2", "ok 2+1=3"), 1.0, True),
+    (solution("4+3=7", "7[*2|-5]-5=2", "2+1=3"), 1.0, True),  # no fillers: fine
+    (solution("so then now 4+3=7", "7[*2|-5]-5=2", "ok 2+1=3"), 1.0, True),  # several: fine
+    (solution("so 4+3=7", "then 7[*2|-5]-5=2", "ok 2+1=3") + "\n", 1.0, True),  # a trailing newline
+    (solution("so 4+3=7", "then 7[*2|-5]*2=4", "ok 4+1=5", answer="5"), 0.0, True),  # the other branch: dead end
+    (solution("so 4+3=7", "then 7[*2|-5]*2=4", "ok 4+1=5"), 0.0, True),  # a dead end, the target claimed anyway
+    (solution("so 4+3=7", "then 7[*2|-5]-5=2", "ok 2+1=4", answer="4"), 0.0, True),  # arithmetic slip
+    (solution("so 4+3=7", "then 7[*2|-4]-4=3", "ok 3+0=3"), 0.0, True),  # a fork that is not the problem's
+    (solution("so 4+3=7", "then 7-5=2", "ok 2+1=3"), 0.0, True),  # a fork not restated
+    (solution("so 4[*2|-5]+3=7", "then 7[*2|-5]-5=2", "ok 2+1=3"), 0.0, True),  # a fixed step as a fork
+    (solution("so 4+3=7", "then 7[*2|-5]-5=2"), 0.0, True),  # a step missing
+    (solution("so 4+3=7", "then 7[*2|-5]-5=2", "ok 2+1=3", "ok 3+0=3"), 0.0, True),  # a step too many
+    (solution("so 5+3=8", "then 8[*2|-5]-5=3", "ok 3+0=3"), 0.0, True),  # the wrong start
+    (solution("hmm 4+3=7", "then 7[*2|-5]-5=2", "ok 2+1=3"), 0.0, True),  # a word that is not a filler
     ("#3", 0.0, True),  # the target alone: it is in the prompt
-    ("so 4+3=7\nthen 7-5=2\nok 2+1=3", 0.0, False),  # no answer line
-    ("so 4+3=7\nthen 7-5=2\nok 2+1=3\n#x", 0.0, False),
+    ("so 4+3=7\nthen 7[*2|-5]-5=2\nok 2+1=3", 0.0, False),  # no answer line
+    ("so 4+3=7\nthen 7[*2|-5]-5=2\nok 2+1=3\n#x", 0.0, False),
 ])
 def test_the_grader_by_hand(response, reward, parsed):
     grade = TASK.grade(PROBLEM, response)

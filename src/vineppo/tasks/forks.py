@@ -8,11 +8,13 @@ must end on the target:
 
     4+3[*2|-5]+1-6[+2|*3]+4*7-2[-1|*9]+5>3     <- prompt (followed by a newline)
     so 4+3=7
-    then 7-5=2                                  <- a fork: *2 would also be legal, but leads elsewhere
-    ...
+    then 7[*2|-5]-5=2                           <- a fork, restated, then the choice: *2 would also be legal,
+    ...                                            but leads elsewhere
     #3
 
-Each line may start with filler words (`so`, `then`, `now`, `ok`, separated by spaces): the teacher writes
+A line restates a fork as the prompt writes it before choosing, so that every line can be found by copying what
+follows the previous line's step in the prompt (the tiny model learns the arithmetic task's chains that way; with
+bare choices it had 0% accuracy after 800 SFT steps). Each line may start with filler words (`so`, `then`, `now`, `ok`, separated by spaces): the teacher writes
 `filler_words` of them, drawn at random, so they are free tokens that do not matter for the reward, as phrasing is
 in GSM8K. The target is the end of one path through the forks (drawn with the problem), so at least one choice at
 every fork reaches it; a wrong choice is a dead end that only shows in the final value. Arithmetic slips (the
@@ -21,7 +23,7 @@ wrong on every line.
 
 Grading is exact and evaluates nothing: the reward is 1 iff the response is `num_steps` step lines, each legal at
 its position (its left operand the value so far, its operation the fixed one or one of the fork's two, its result
-right), then `#<target>`; otherwise 0. Only the answer line decides `parsed`. The target being in the prompt, the
+right, a fork restated as the prompt has it), then `#<target>`; otherwise 0. Only the answer line decides `parsed`. The target being in the prompt, the
 trace is checked, not just the answer.
 """
 
@@ -37,7 +39,9 @@ from vineppo.tasks.base import Grade, Problem
 FILLERS = ("so", "then", "now", "ok")
 _STEP = re.compile(r"\[([+\-*])([0-9])\|([+\-*])([0-9])\]|([+\-*])([0-9])")
 _PROMPT = re.compile(r"([0-9])((?:\[[+\-*][0-9]\|[+\-*][0-9]\]|[+\-*][0-9])+)>([0-9])")
-_LINE = re.compile(r"(?:(?:" + "|".join(FILLERS) + r") )*([0-9])([+\-*])([0-9])=([0-9])")
+_LINE = re.compile(
+    r"(?:(?:" + "|".join(FILLERS) + r") )*([0-9])(\[[+\-*][0-9]\|[+\-*][0-9]\])?([+\-*])([0-9])=([0-9])"
+)
 _ANSWER = re.compile(r"#(-?[0-9]+)")
 
 Step = list[tuple[str, int]]  # the legal (operator, operand) pairs of a step: one, or two at a fork
@@ -52,6 +56,11 @@ def parse_prompt(prompt: str) -> tuple[int, list[Step], int]:
     for fork_a, a, fork_b, b, op, operand in _STEP.findall(match.group(2)):
         steps.append([(fork_a, int(a)), (fork_b, int(b))] if fork_a else [(op, int(operand))])
     return int(match.group(1)), steps, int(match.group(3))
+
+
+def fork_text(options: Step) -> str:
+    """How a line restates a fork before its choice (`[*2|-5]`, as in the prompt); nothing for a fixed step."""
+    return f"[{options[0][0]}{options[0][1]}|{options[1][0]}{options[1][1]}]" if len(options) == 2 else ""
 
 
 class ForksTask:
@@ -98,7 +107,7 @@ class ForksTask:
                 second = self._operation(rng)
                 while apply_op(value, *second) == apply_op(value, *first):
                     second = self._operation(rng)
-                text += f"[{first[0]}{first[1]}|{second[0]}{second[1]}]"
+                text += fork_text([first, second])
                 path.append(rng.randint(0, 1))
                 value = apply_op(value, *(first, second)[path[-1]])
             text += f">{value}"
@@ -116,7 +125,7 @@ class ForksTask:
             op, operand = options[next(choices) if len(options) == 2 else 0]
             result = apply(value, op, operand)
             fillers = "".join(f"{rng.choice(FILLERS)} " for _ in range(self.cfg.filler_words))
-            lines.append(f"{fillers}{value}{op}{operand}={result}\n")
+            lines.append(f"{fillers}{value}{fork_text(options)}{op}{operand}={result}\n")
             value = result
         return "".join(lines) + f"#{value}"
 
@@ -153,9 +162,9 @@ class ForksTask:
         value = start
         for options, line in zip(steps, lines):
             match = _LINE.fullmatch(line)
-            if match is None:
+            if match is None or (match.group(2) or "") != fork_text(options):
                 return Grade(0.0, parsed=True)
-            left, op, operand, result = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+            left, op, operand, result = int(match.group(1)), match.group(3), int(match.group(4)), int(match.group(5))
             if left != value or (op, operand) not in options or result != apply_op(left, op, operand):
                 return Grade(0.0, parsed=True)
             value = result
