@@ -110,7 +110,7 @@ def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
 def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp_path, sft_cache, capsys):
     out = tmp_path / "compare"
     args = ["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1", "--eval-seconds", "0.5",
-            "--seeds", "2", "--baseline", "ppo", "--out", str(out), *TINY]
+            "--seeds", "2", "--baseline", "ppo", "--eval-samples", "2", "--out", str(out), *TINY]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"vineppo", "ppo", "vineppo K=1"}
@@ -122,6 +122,7 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp
             assert all("train_accuracy" in p and p["cost/gpu_7b"] > 0 for p in points[1:])
             assert len(run["iterations"]) == points[-1]["iteration"]
     assert results["summary"]["runs"]["vineppo"]["vs_baseline"]["auc"]["n"] == 2
+    assert results["evaluation"] == {"samples": 2, "temperature": 0.35}
     for name in ("accuracy_vs_seconds", "accuracy_vs_tokens", "accuracy_vs_gpu_7b_cost", "generalization",
                  "k_ablation"):
         assert (out / f"{name}.png").stat().st_size > 1000
