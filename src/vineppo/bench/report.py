@@ -9,6 +9,7 @@ the area under the accuracy-vs-cost curve up to the smallest cost every run of t
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -35,8 +36,7 @@ def summarize(
 ) -> dict:
     marks = marks or [budget / 4, budget / 2, budget]
     thresholds = thresholds or default_thresholds(results)
-    cost_end = {m.name: min(r["points"][-1][f"cost/{m.name}"] for runs in results.values() for r in runs.values())
-                for m in GPU_COSTS}
+    cost_end = {m.name: reached_by_all(results, f"cost/{m.name}") for m in GPU_COSTS}
 
     def per_seed(runs: dict[int, dict]) -> dict[str, dict[int, float]]:
         figures: dict[str, dict[int, float]] = {"auc": {}, "iterations_per_second": {}}
@@ -159,11 +159,16 @@ def plot_generalization(results: Runs, path: Path) -> None:
     plt.close(fig)
 
 
+def reached_by_all(results: Runs, key: str) -> float:
+    """The smallest final value of `key` (tokens, a cost) over all runs: the stretch every run covers."""
+    return min(r["points"][-1][key] for runs in results.values() for r in runs.values())
+
+
 def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
     methods = {label: runs for label, runs in results.items() if not label.startswith("vineppo K=")}
     plot_bands(methods, "seconds", budget, "training seconds (sampling + credit + update)",
                out / "accuracy_vs_seconds.png")
-    last = lambda key: min(r["points"][-1][key] for runs in results.values() for r in runs.values())  # noqa: E731
+    last = partial(reached_by_all, results)
     plot_bands(methods, "tokens", last("tokens"), "generated tokens (policy + MC rollouts)",
                out / "accuracy_vs_tokens.png")
     for model in GPU_COSTS:
