@@ -134,3 +134,8 @@ def test_the_config_and_the_tiny_model_accept_the_task(tmp_path):
     with pytest.raises(ConfigError, match="num_forks .4. cannot exceed num_steps .3."):
         load_config(None, ["task.name=forks", "task.forks.num_steps=3", "task.forks.num_forks=4"])
     assert set(ForksTask.alphabet) >= set("".join(p.prompt + p.solution for p in TASK.test_problems()))
+    # room for every solution (one token a character, then eos) after its prompt and bos
+    longest = max(len(p.solution) for p in TASK.train_problems()) + 1
+    assert longest <= cfg.engine.max_new_tokens
+    assert 1 + max(len(p.prompt) for p in TASK.train_problems()) + cfg.engine.max_new_tokens <= \
+        cfg.model.tiny.max_position_embeddings
