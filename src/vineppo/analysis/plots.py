@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +18,7 @@ def _pyplot():
 
 def plot_scatter(truth: Sequence[float], predictions: Mapping[str, Sequence[float]], out: Path) -> Path:
     """One panel per estimator: its prediction against the ground truth, with the diagonal."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(predictions), figsize=(4.5 * len(predictions), 4.2), squeeze=False)
     for ax, (label, predicted) in zip(axes[0], predictions.items()):
         ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
@@ -36,7 +37,7 @@ def plot_scatter(truth: Sequence[float], predictions: Mapping[str, Sequence[floa
 def plot_error_histogram(errors: Mapping[str, Sequence[float]], out: Path) -> Path:
     """The absolute errors of every estimator, overlaid, on shared bins of width 0.05 (errors above 1, possible
     for a value network, fall in the last bin)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = [i / 20 for i in range(21)]
     for label, values in errors.items():

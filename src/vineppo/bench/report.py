@@ -9,9 +9,12 @@ the area under the accuracy-vs-cost curve up to the smallest cost every run of t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
+
+from vineppo.analysis.plots import pyplot
 
 from vineppo.bench.cost import GPU_COSTS
 from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
@@ -114,20 +117,13 @@ def _band(runs: dict[int, dict], key: str, grid: list[float]) -> tuple[list[floa
     return mean, low, high
 
 
-def plot_bands(results: Runs, key: str, end: float, label: str, path: Path, title: str = "") -> None:
-    """Test accuracy against `key` up to `end`: per run label the mean over its seeds, shaded 95% interval."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = [end * i / 200 for i in range(201)]
+@contextmanager
+def accuracy_axes(path: Path, x_label: str, title: str = "") -> Iterator:
+    """Axes of test accuracy against `x_label`, saved to `path` with a legend when the block ends."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
-        mean, low, high = _band(runs, key, grid)
-        line = ax.step(grid, mean, where="post", label=f"{name} ({len(runs)} seeds)")[0]
-        ax.fill_between(grid, low, high, step="post", alpha=0.2, color=line.get_color())
-    ax.set_xlabel(label)
+    yield ax
+    ax.set_xlabel(x_label)
     ax.set_ylabel("test accuracy")
     if title:
         ax.set_title(title)
@@ -138,25 +134,24 @@ def plot_bands(results: Runs, key: str, end: float, label: str, path: Path, titl
     plt.close(fig)
 
 
+def plot_bands(results: Runs, key: str, end: float, label: str, path: Path, title: str = "") -> None:
+    """Test accuracy against `key` up to `end`: per run label the mean over its seeds, shaded 95% interval."""
+    grid = [end * i / 200 for i in range(201)]
+    with accuracy_axes(path, label, title) as ax:
+        for name, runs in results.items():
+            mean, low, high = _band(runs, key, grid)
+            line = ax.step(grid, mean, where="post", label=f"{name} ({len(runs)} seeds)")[0]
+            ax.fill_between(grid, low, high, step="post", alpha=0.2, color=line.get_color())
+
+
 def plot_generalization(results: Runs, path: Path) -> None:
     """Test accuracy against the training accuracy of the samples since the previous evaluation, every point of
     every seed (the paper: VinePPO reaches a higher test accuracy for a given training accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, runs in results.items():
-        shown = [p for r in runs.values() for p in r["points"] if "train_accuracy" in p]
-        ax.scatter([p["train_accuracy"] for p in shown], [p["accuracy"] for p in shown], s=10, alpha=0.5, label=name)
-    ax.set_xlabel("training accuracy (samples since the previous evaluation)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with accuracy_axes(path, "training accuracy (samples since the previous evaluation)") as ax:
+        for name, runs in results.items():
+            shown = [p for r in runs.values() for p in r["points"] if "train_accuracy" in p]
+            ax.scatter([p["train_accuracy"] for p in shown], [p["accuracy"] for p in shown], s=10, alpha=0.5,
+                       label=name)
 
 
 def reached_by_all(results: Runs, key: str) -> float:
