@@ -31,7 +31,6 @@ OptimizerFactory = Callable[[Any], torch.optim.Optimizer]  # the model's paramet
 class Replicated:
     """Every rank holds the whole model: nothing to shard, gather or collect."""
 
-    name = "replicated"
     activation_checkpointing = False  # asked for by an FSDP config; model.gradient_checkpointing asks too
     allows_vllm = True
 
@@ -86,7 +85,6 @@ class Sharded(Replicated):
 @dataclass
 class FSDP(Sharded):
     settings: fsdp.FSDPSettings
-    name = "fsdp"
     parallelism = fsdp
 
     @property
@@ -105,7 +103,6 @@ class FSDP(Sharded):
 class Zero(Sharded):
     settings: zero.ZeroSettings
     train: TrainConfig  # DeepSpeed's batch sizes and clipping come from it
-    name = "zero"
     parallelism = zero
 
     def wrap(self, model, make_optimizer: OptimizerFactory) -> torch.optim.Optimizer:
