@@ -1,5 +1,7 @@
 """The tiny model's SFT learning curve on a built-in task: greedy test accuracy at a quarter, half, three quarters
-and the end of an SFT schedule, one JSON line each (how the forks task's SFT budget is calibrated, docs/tasks.md).
+and the end of an SFT schedule, one JSON line each (how the forks task's SFT budget is calibrated, docs/tasks.md),
+with the most common first errors of the failed responses where the task names them (`first_error`, the forks
+task: which check of which line failed first).
 
     python benchmarks/tiny_sft_curve.py --config configs/forks.yaml --steps 2000 [--problems 128] [overrides...]
 """
@@ -9,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 
 import torch
 
 from vineppo.config import load_config
 from vineppo.engine import build_engine
-from vineppo.evaluate import evaluate_greedy
+from vineppo.engine.base import SamplingParams
 from vineppo.models import TextCodec, build_char_tokenizer, build_tiny_model
+from vineppo.rollout import State, rollout
 from vineppo.sft.warm_start import train_sft
 from vineppo.tasks import build_task
 
@@ -35,15 +39,21 @@ def main() -> None:
     codec, engine = TextCodec(tokenizer), build_engine(cfg, model, tokenizer, "tiny", None)
     problems = task.test_problems()[: args.problems]
     marks = {round(args.steps * share) for share in (0.25, 0.5, 0.75, 1.0)}
+    greedy_params = SamplingParams(temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop=task.stop_sequences)
     started = time.perf_counter()
 
     def on_step(step: int, loss: float) -> None:
         if step in marks:
             model.eval()
-            metrics = evaluate_greedy(engine, codec.encode, codec.decode, task, problems, cfg.engine.max_new_tokens)
+            states = [State(p, codec.encode(p.prompt), []) for p in problems]
+            greedy = [r for (r,) in rollout(engine, task, codec.decode, states, 1, greedy_params)]
             model.train()
-            seconds = round(time.perf_counter() - started)
-            print(json.dumps({"step": step, "loss": round(loss, 3), "seconds": seconds, **metrics}), flush=True)
+            figures = {"step": step, "loss": round(loss, 3), "seconds": round(time.perf_counter() - started),
+                       "accuracy": sum(r.reward for r in greedy) / len(greedy)}
+            if hasattr(task, "first_error"):
+                errors = [task.first_error(p, codec.decode(r.completion.token_ids)) for p, r in zip(problems, greedy)]
+                figures["first_errors"] = dict(Counter(e for e in errors if e is not None).most_common(6))
+            print(json.dumps(figures), flush=True)
 
     print(json.dumps({"parameters": sum(p.numel() for p in model.parameters())}), flush=True)
     train_sft(model, tokenizer, task.sft_problems(), cfg.model.tiny.sft, on_step)

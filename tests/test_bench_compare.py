@@ -10,7 +10,7 @@ from tiny import TINY
 
 from vineppo.bench.compare import RunSpec, finished_or_run, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
-from vineppo.bench.report import summarize, summary_table
+from vineppo.bench.report import cost_table, paired_table, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
 from vineppo.runlog import read_metrics
@@ -70,6 +70,34 @@ def test_the_summary_and_table_by_hand():
     assert rows[0].startswith("| run | seeds | iterations/s | accuracy at 10 s | accuracy at 20 s | AUC (seconds)")
     assert rows[3].startswith("| b | 2 | 0.2 [0.2, 0.2] | 50.0 [50.0, 50.0] | 55.0 [-8.5, 118.5] |")
     assert rows[3].endswith("| 20.0 (1/2) | — | — | — |")
+
+
+def iteration(seconds, policy, mc, trained):
+    return {"time/sample": seconds / 2, "time/credit": 0.0, "time/update": seconds / 2, "tokens/policy": policy,
+            "tokens/mc": mc, "tokens/update": trained, "tokens/value_update": 0}
+
+
+def test_every_pair_and_the_mean_iteration_by_hand():
+    results = {"a": {0: run(0, [0.5, 0.8, 0.9]), 1: run(1, [0.5, 0.6, 0.7])},
+               "b": {0: run(0, [0.5, 0.5, 0.6]), 1: run(1, [0.5, 0.5, 0.5])},
+               "c": {0: run(0, [0.5, 0.9, 0.9]), 1: run(1, [0.5, 0.9, 0.9])}}
+    results["a"][0]["iterations"] = [iteration(2.0, 100, 900, 400), iteration(4.0, 100, 300, 400)]
+    results["a"][1]["iterations"] = [iteration(3.0, 100, 600, 400)]
+    summary = summarize(results, budget=20, marks=[10, 20], thresholds=[0.6])
+    # AUC over 20 s by seed: a 0.65, 0.55; b 0.5, 0.5; c 0.7, 0.7
+    pairs = summary["paired_auc"]
+    assert list(pairs) == ["a - b", "a - c", "b - c"]
+    assert pairs["a - b"]["mean"] == pytest.approx(0.1) and pairs["b - c"]["mean"] == pytest.approx(-0.2)
+    assert pairs["a - c"]["high"] == pytest.approx(-0.1 + 12.706205 * 0.05, rel=1e-6)
+    assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] |"
+    # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none
+    assert summary["per_iteration"]["a"] == pytest.approx(
+        {"seconds": 3.0, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400})
+    assert summary["per_iteration"]["b"] == {}
+    # generation 4.5 s for 2,100 tokens, update 4.5 s for 1,200 trained tokens
+    assert summary["cpu_generation_cost"] == pytest.approx((4.5 / 2100) / (4.5 / 1200))
+    rows = cost_table(summary).splitlines()
+    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 |" and len(rows) == 5 and "0.57 trained tokens" in rows[4]
 
 
 def test_the_cost_model_counts_generated_and_trained_tokens():

@@ -150,8 +150,8 @@ class ForksConfig(_Section):
     """The built-in task made for credit assignment (vineppo.tasks.forks; docs/tasks.md): chains of `num_steps`
     one-digit steps, `num_forks` of them with two alternatives, ending on a target, lines with filler words."""
 
-    num_steps: int = Field(10, ge=1, le=30)
-    num_forks: int = Field(3, ge=0)
+    num_steps: int = Field(10, ge=1, le=26)
+    num_forks: int = Field(2, ge=0)
     max_operand: int = Field(9, ge=1, le=9)
     operators: str = Field("+-*", min_length=1, pattern=r"^[+\-*]+$")
     filler_words: int = Field(1, ge=0, le=4)

@@ -29,7 +29,7 @@ from rich.console import Console
 
 from vineppo.algorithms import METHODS
 from vineppo.bench.cost import GPU_COSTS, iteration_cost
-from vineppo.bench.report import summarize, summary_table, write_plots
+from vineppo.bench.report import cost_table, paired_table, summarize, summary_table, write_plots
 from vineppo.config import ConfigError, ConfigPaths, load_config
 from vineppo.engine.base import SamplingParams
 from vineppo.evaluate import evaluate_sampled
@@ -145,7 +145,7 @@ def compare(
     thresholds: list[float] | None = None, evaluation: Evaluation = Evaluation(),
 ) -> str:
     """Run every spec with every seed, one after the other, write results and plots to `out`, return the
-    markdown table."""
+    markdown tables (the summary, every pair's AUC difference, the mean iteration's costs)."""
     console = console or make_console()
     base_k = load_config(config_paths, list(overrides)).algo.vineppo.k
     specs = run_specs(methods, k_values, base_k)
@@ -176,6 +176,6 @@ def compare(
     }
     (out / "results.json").write_text(json.dumps({**settings, "summary": summary, "results": results}, indent=1))
     write_plots(results, budget, out, base_k)
-    markdown = summary_table(summary, baseline)
+    markdown = "\n\n".join([summary_table(summary, baseline), paired_table(summary), cost_table(summary)])
     (out / "table.md").write_text(markdown + "\n")
     return markdown

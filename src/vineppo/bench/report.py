@@ -9,14 +9,16 @@ the area under the accuracy-vs-cost curve up to the smallest cost every run of t
 
 from __future__ import annotations
 
+import statistics
 from contextlib import contextmanager
 from functools import partial
+from itertools import combinations
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from vineppo.analysis.plots import pyplot
 
-from vineppo.bench.cost import GPU_COSTS
+from vineppo.bench.cost import GENERATED, GPU_COSTS, TRAINED, measured_generation_cost
 from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
@@ -54,7 +56,14 @@ def summarize(
         return figures
 
     figures = {label: per_seed(runs) for label, runs in results.items()}
-    summary: dict[str, dict] = {"marks": marks, "thresholds": thresholds, "cost_ends": cost_end, "runs": {}}
+    summary: dict[str, dict] = {
+        "marks": marks, "thresholds": thresholds, "cost_ends": cost_end, "runs": {},
+        "paired_auc": {f"{a} - {b}": paired_differences(figures[a]["auc"], figures[b]["auc"]).as_dict()
+                       for a, b in combinations(results, 2)},
+        "per_iteration": {label: per_iteration(runs) for label, runs in results.items()},
+    }
+    records = [record for runs in results.values() for run in runs.values() for record in run["iterations"]]
+    summary["cpu_generation_cost"] = measured_generation_cost(records) if records else None
     for label, runs in results.items():
         entry = {name: mean_interval(list(values.values())).as_dict() for name, values in figures[label].items()}
         for threshold in thresholds:
@@ -69,6 +78,18 @@ def summarize(
             }
         summary["runs"][label] = entry
     return summary
+
+
+def per_iteration(runs: dict[int, dict]) -> dict[str, float]:
+    """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained."""
+    records = [record for run in runs.values() for record in run["iterations"]]
+    if not records:
+        return {}
+    return {
+        "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
+        **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
+        "tokens/trained": statistics.fmean(sum(r[key] for key in TRAINED) for r in records),
+    }
 
 
 def _interval(figure: dict, percent: bool = True, signed: bool = False) -> str:
@@ -103,6 +124,28 @@ def summary_table(summary: dict, baseline: str | None = None) -> str:
             names = ["auc", *(f"auc_{m.name}" for m in GPU_COSTS)]
             cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(summary: dict) -> str:
+    """Every pair of runs: the mean over seeds of (first's AUC - second's AUC, same seed), with its interval."""
+    lines = ["| pair (same seeds) | AUC difference (seconds) |", "|---|---|"]
+    lines += [f"| {pair} | {_interval(diff, signed=True)} |" for pair, diff in summary["paired_auc"].items()]
+    return "\n".join(lines)
+
+
+def cost_table(summary: dict) -> str:
+    """Per run label, its mean iteration: seconds, generated tokens (policy + MC), trained tokens; then this
+    machine's generation cost measured from every iteration (vineppo.bench.cost)."""
+    header = "| run | seconds per iteration | generated tokens per iteration (policy + MC) | trained tokens per iteration |"
+    lines = [header, "|---|---|---|---|"]
+    for label, mean in summary["per_iteration"].items():
+        if mean:
+            lines.append(f"| {label} | {mean['seconds']:.2f} | {mean['tokens/policy']:,.0f} + "
+                         f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} |")
+    if summary["cpu_generation_cost"] is not None:
+        lines.append(f"\nOn this machine a generated token cost {summary['cpu_generation_cost']:.2f} trained tokens "
+                     "(sampling + credit seconds per generated token / update seconds per trained token).")
     return "\n".join(lines)
 
 

@@ -1,30 +1,31 @@
 """The second built-in task, made for credit assignment: long chains with forks, whose dead ends show only at the
 end, written with free filler words (docs/tasks.md says why each part is there).
 
-A problem is a start digit, `num_steps` steps and a target. Most steps are fixed (`+3`); `num_forks` of them, at
-random positions, offer two alternatives (`[*2|-5]`). Every value is a digit, each step computed left to right
-modulo 10 as in the arithmetic task. The response takes one line per step, choosing one alternative at a fork, and
-must end on the target:
+A problem is `num_steps` steps named A, B, C, ..., then a start digit and a target. Most steps are fixed (`+3`);
+`num_forks` of them, at random positions, offer two alternatives (`[*2|-5]`). Every value is a digit, each step
+computed left to right modulo 10 as in the arithmetic task. The response takes one line per step, choosing one
+alternative at a fork, and must end on the target:
 
-    4+3[*2|-5]+1-6[+2|*3]+4*7-2[-1|*9]+5>3     <- prompt (followed by a newline)
-    so 4+3=7
-    then 7[*2|-5]-5=2                           <- a fork, restated, then the choice: *2 would also be legal,
-    ...                                            but leads elsewhere
+    A+3B[*2|-5]C+1D-6E[+2|*3]F+4G*7H-2I[-1|*9]J+5 4>3    <- prompt (followed by a newline): steps, start>target
+    so 4A+3=7
+    then 7B[*2|-5]-5=2                                    <- a fork, restated, then the choice: *2 would also be
+    ...                                                      legal, but leads elsewhere
     #3
 
-A line restates a fork as the prompt writes it before choosing, so that every line can be found by copying what
-follows the previous line's step in the prompt (the tiny model learns the arithmetic task's chains that way; with
-bare choices it had 0% accuracy after 800 SFT steps). Each line may start with filler words (`so`, `then`, `now`, `ok`, separated by spaces): the teacher writes
-`filler_words` of them, drawn at random, so they are free tokens that do not matter for the reward, as phrasing is
-in GSM8K. The target is the end of one path through the forks (drawn with the problem), so at least one choice at
-every fork reaches it; a wrong choice is a dead end that only shows in the final value. Arithmetic slips (the
-teacher's misconceptions, tasks/arithmetic.FallibleTeacher, and the model's own) are independent chances to go
-wrong on every line.
+A line names its step and restates a fork as the prompt writes it before choosing, so that every line is found by
+copying what follows its label in the prompt, and the start comes last in the prompt, next to the first line that
+copies it (the tiny model learns both copies quickly; without labels, and with the start first, its SFT stayed at
+0-10% accuracy for 1,000-2,000 steps, docs/tasks.md). Each line may start with filler words (`so`, `then`, `now`,
+`ok`, separated by spaces): the teacher writes `filler_words` of them, drawn at random, so they are free tokens
+that do not matter for the reward, as phrasing is in GSM8K. The target is the end of one path through the forks
+(drawn with the problem), so at least one choice at every fork reaches it; a wrong choice is a dead end that only
+shows in the final value. Arithmetic slips (the teacher's misconceptions, tasks/arithmetic.FallibleTeacher, and
+the model's own) are independent chances to go wrong on every line.
 
 Grading is exact and evaluates nothing: the reward is 1 iff the response is `num_steps` step lines, each legal at
-its position (its left operand the value so far, its operation the fixed one or one of the fork's two, its result
-right, a fork restated as the prompt has it), then `#<target>`; otherwise 0. Only the answer line decides `parsed`. The target being in the prompt, the
-trace is checked, not just the answer.
+its position (its label, its left operand the value so far, its operation the fixed one or one of the fork's two,
+its result right, a fork restated as the prompt has it), then `#<target>`; otherwise 0. Only the answer line
+decides `parsed`. The target being in the prompt, the trace is checked, not just the answer.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from vineppo.tasks.arithmetic import FallibleTeacher, apply_op
 from vineppo.tasks.base import Grade, Problem
 
 FILLERS = ("so", "then", "now", "ok")
-_STEP = re.compile(r"\[([+\-*])([0-9])\|([+\-*])([0-9])\]|([+\-*])([0-9])")
-_PROMPT = re.compile(r"([0-9])((?:\[[+\-*][0-9]\|[+\-*][0-9]\]|[+\-*][0-9])+)>([0-9])")
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # step i is named LABELS[i], in the prompt and in its line
+_STEP = re.compile(r"([A-Z])(?:\[([+\-*])([0-9])\|([+\-*])([0-9])\]|([+\-*])([0-9]))")
+_PROMPT = re.compile(r"((?:[A-Z](?:\[[+\-*][0-9]\|[+\-*][0-9]\]|[+\-*][0-9]))+) ([0-9])>([0-9])")
 _LINE = re.compile(
-    r"(?:(?:" + "|".join(FILLERS) + r") )*([0-9])(\[[+\-*][0-9]\|[+\-*][0-9]\])?([+\-*])([0-9])=([0-9])"
+    r"(?:(?:" + "|".join(FILLERS) + r") )*([0-9])([A-Z])(\[[+\-*][0-9]\|[+\-*][0-9]\])?([+\-*])([0-9])=([0-9])"
 )
 _ANSWER = re.compile(r"#(-?[0-9]+)")
 
@@ -53,9 +55,11 @@ def parse_prompt(prompt: str) -> tuple[int, list[Step], int]:
     if match is None:
         raise ValueError(f"not a forks prompt: {prompt!r}")
     steps = []
-    for fork_a, a, fork_b, b, op, operand in _STEP.findall(match.group(2)):
+    for label, fork_a, a, fork_b, b, op, operand in _STEP.findall(match.group(1)):
+        if label != LABELS[len(steps)]:
+            raise ValueError(f"not a forks prompt: step {len(steps) + 1} is labelled {label!r}: {prompt!r}")
         steps.append([(fork_a, int(a)), (fork_b, int(b))] if fork_a else [(op, int(operand))])
-    return int(match.group(1)), steps, int(match.group(3))
+    return int(match.group(2)), steps, int(match.group(3))
 
 
 def fork_text(options: Step) -> str:
@@ -67,7 +71,7 @@ class ForksTask:
     """Chains with forks; a deterministic, disjoint train/test split drawn from `cfg.seed`."""
 
     name = "forks"
-    alphabet = "0123456789+-*=#\n[|]> " + "".join(sorted(set("".join(FILLERS))))
+    alphabet = "0123456789+-*=#\n[|]> " + LABELS + "".join(sorted(set("".join(FILLERS))))
     """Every character a prompt or solution uses (the tiny model's tokenizer is built from it)."""
 
     stop_sequences: tuple[str, ...] = ()
@@ -97,9 +101,10 @@ class ForksTask:
                 raise ValueError(f"task.forks: could not draw {count} distinct problems (found {len(drawn)})")
             start = value = rng.randint(0, 9)
             forks = set(rng.sample(range(cfg.num_steps), cfg.num_forks))
-            text, path = str(start), []
+            text, path = "", []
             for i in range(cfg.num_steps):
                 first = self._operation(rng)
+                text += LABELS[i]
                 if i not in forks:
                     text += f"{first[0]}{first[1]}"
                     value = apply_op(value, *first)
@@ -110,7 +115,7 @@ class ForksTask:
                 text += fork_text([first, second])
                 path.append(rng.randint(0, 1))
                 value = apply_op(value, *(first, second)[path[-1]])
-            text += f">{value}"
+            text += f" {start}>{value}"
             if text not in exclude and text not in drawn:
                 drawn[text] = path
         return list(drawn.items())
@@ -121,11 +126,11 @@ class ForksTask:
         value, steps, _ = parse_prompt(prompt)
         choices = iter(path)
         lines = []
-        for options in steps:
+        for label, options in zip(LABELS, steps):
             op, operand = options[next(choices) if len(options) == 2 else 0]
             result = apply(value, op, operand)
             fillers = "".join(f"{rng.choice(FILLERS)} " for _ in range(self.cfg.filler_words))
-            lines.append(f"{fillers}{value}{fork_text(options)}{op}{operand}={result}\n")
+            lines.append(f"{fillers}{value}{label}{fork_text(options)}{op}{operand}={result}\n")
             value = result
         return "".join(lines) + f"#{value}"
 
@@ -152,23 +157,38 @@ class ForksTask:
 
     def grade(self, problem: Problem, response: str) -> Grade:
         """1.0 iff the response is a legal trace ending on the target (see the module docstring)."""
+        parsed = self.extract_answer(response) is not None
+        return Grade(1.0 if parsed and self.first_error(problem, response) is None else 0.0, parsed=parsed)
+
+    def first_error(self, problem: Problem, response: str) -> str | None:
+        """Why the response scores 0: its first failing check, as `line <n>: <check>` (check: missing, malformed,
+        label, carry, fork, operation, arithmetic) or one of `no answer line`, `extra lines`, `answer line` (not
+        the value reached), `dead end` (a legal trace that misses the target); None if it scores 1."""
         answer = self.extract_answer(response)
         if answer is None:
-            return Grade(0.0, parsed=False)
-        start, steps, target = parse_prompt(problem.prompt)
-        lines = response.rstrip().split("\n")
-        if len(lines) != len(steps) + 1 or int(answer) != target:
-            return Grade(0.0, parsed=True)
-        value = start
-        for options, line in zip(steps, lines):
-            match = _LINE.fullmatch(line)
-            if match is None or (match.group(2) or "") != fork_text(options):
-                return Grade(0.0, parsed=True)
-            left, op, operand, result = int(match.group(1)), match.group(3), int(match.group(4)), int(match.group(5))
-            if left != value or (op, operand) not in options or result != apply_op(left, op, operand):
-                return Grade(0.0, parsed=True)
+            return "no answer line"
+        value, steps, target = parse_prompt(problem.prompt)
+        lines = response.rstrip().split("\n")[:-1]
+        for n, (label, options) in enumerate(zip(LABELS, steps), start=1):
+            match = _LINE.fullmatch(lines[n - 1]) if n <= len(lines) else None
+            if match is None:
+                return f"line {n}: {'missing' if n > len(lines) else 'malformed'}"
+            left, op, operand, result = int(match.group(1)), match.group(4), int(match.group(5)), int(match.group(6))
+            check = next((name for name, failed in (
+                ("label", match.group(2) != label),
+                ("carry", left != value),  # the left operand is not the value so far
+                ("fork", (match.group(3) or "") != fork_text(options)),
+                ("operation", (op, operand) not in options),
+                ("arithmetic", result != apply_op(left, op, operand)),
+            ) if failed), None)
+            if check is not None:
+                return f"line {n}: {check}"
             value = result
-        return Grade(1.0 if value == target else 0.0, parsed=True)
+        if len(lines) > len(steps):
+            return "extra lines"
+        if int(answer) != value:
+            return "answer line"
+        return "dead end" if value != target else None
 
     def grade_batch(self, problems: list[Problem], responses: list[str]) -> list[Grade]:
         return [self.grade(p, r) for p, r in zip(problems, responses)]
