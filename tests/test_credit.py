@@ -7,7 +7,7 @@ import torch
 
 from vineppo.config import AlgoConfig, Config, VinePPOOptions
 from vineppo.context import Context
-from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
+from vineppo.credit.vine import leave_one_out_roots, spread_over_tokens, step_advantages, vine_credit
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.tasks.base import Grade, Problem
@@ -269,3 +269,44 @@ def test_end_at_stop_string_keeps_a_token_holding_text_before_the_stop_string():
     assert ended.token_ids == [0, 3] and ended.logprobs == [-0.1, 0.0] and ended.finish_reason == "stop"
     at_eos = Completion([0, 3], [-0.1, -0.4], "stop")
     assert end_at_stop_string(at_eos, (STOP,), lambda ids: [texts[i] for i in ids], 3) == at_eos
+
+
+def test_the_group_root_is_the_mean_reward_of_the_other_samples_and_saves_the_prompt_rollouts():
+    """root_value "group": V(s_0) of sample i is the mean reward of its prompt's other samples, by hand; the bare
+    prompt is not rolled out; a prompt with one sample falls back to MC."""
+    engine = CoinEngine()
+    flips = [[True, True, False], [False, False, False], [True, False, False], [True, False, True]]  # 1, 0, 0, 1
+    group = [make_episode(f) for f in flips]
+    lone = make_episode([True, True, True], prompt_index=1)
+    metrics = vine([*group, lone], engine, CoinTask(), decode, k=2, generator=torch.Generator().manual_seed(0),
+                   max_value_steps=None, root_value="group")
+    assert [e.step_values[0] for e in group] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1 / 3])
+    for episode in group:
+        assert episode.advantages[0] == pytest.approx(episode.step_values[1] - episode.step_values[0])
+    (prefixes,) = engine.calls
+    assert prefixes.count([2]) == 1  # the bare prompt: only for the lone sample, whose root is MC
+    assert lone.step_values[0] in (0.0, 0.5, 1.0)
+    # MC states: the lone root, "H\n", "H\nH\n", "T\n", "T\nT\n", "H\nT\n" (the lone sample's "H\n", "H\nH\n" shared)
+    assert metrics["value/states"] == len(prefixes) == 6
+
+
+def test_the_group_root_is_unbiased_and_independent_of_the_sample_own_reward():
+    """Over many groups of 4 from the coin process, the leave-one-out root averages the true V(s_0), and as much
+    after a sample that scored 1 as after one that scored 0 (a group mean including the sample would not)."""
+    generator = torch.Generator().manual_seed(2)
+    engine = CoinEngine()
+    by_reward = {0.0: [], 1.0: []}
+    for _ in range(1500):
+        rows = engine.generate([[2]], 4, SamplingParams(), generator)[0]
+        rewards = [float(decode(r.token_ids).count("H") >= 2) for r in rows]
+        episodes = [Episode(0, PROBLEM, [2], r.token_ids, r.logprobs, "stop", reward=reward, parsed=True)
+                    for r, reward in zip(rows, rewards)]
+        roots = leave_one_out_roots(episodes)
+        for episode in episodes:
+            by_reward[episode.reward].append(roots[id(episode)])
+    truth = true_value(0, 3)
+    for reward, roots in by_reward.items():
+        stderr = math.sqrt(truth * (1 - truth) / 3 / len(roots))
+        assert abs(sum(roots) / len(roots) - truth) < 4 * stderr, reward
+    every = by_reward[0.0] + by_reward[1.0]
+    assert abs(sum(every) / len(every) - truth) < 4 * math.sqrt(truth * (1 - truth) / len(every))

@@ -254,6 +254,11 @@ class VinePPOOptions(_Section):
     after_value_cap: Literal["merge", "zero"] = "merge"
     """The steps after the cap (vineppo.credit.vine): "zero" gives them advantage 0 and the step at the cap
     R - V(s_c) (official); "merge" merges them into the step at the cap, whose tokens all get R - V(s_c)."""
+    root_value: Literal["mc", "group"] = "mc"
+    """V(s_0), the bare prompt's value: "mc", the mean reward of K rollouts from the prompt (paper, official);
+    "group", for sample i the mean reward of the prompt's other `samples_per_prompt` - 1 samples of the iteration
+    (leave-one-out: unbiased and independent of sample i, so A_0 stays unbiased) at no rollout; a prompt with a
+    single sample falls back to "mc". A departure (issue 17), off by default."""
 
 
 class PPOOptions(_Section):

@@ -14,7 +14,8 @@ their values with R as the official code does (V_i = r_i + V_{i+1}), so the step
 learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
-a prompt, as in the official code.
+a prompt, as in the official code. With `root_value` "group" (a departure) V(s_0) comes from the prompt's other
+samples instead (`leave_one_out_roots`), and the prompt is not rolled out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from vineppo.engine.base import Engine, SamplingParams
-from vineppo.episodes import Episode
+from vineppo.episodes import Episode, group_by_prompt
 from vineppo.rollout import Rollout, State, rollout
 from vineppo.steps import TokenTexts, estimated_boundaries, split_steps, step_spans
 from vineppo.tasks.base import Task
@@ -49,6 +50,18 @@ def spread_over_tokens(step_values: Sequence[float], starts: Sequence[int], num_
     return out
 
 
+def leave_one_out_roots(episodes: Sequence[Episode]) -> dict[int, float]:
+    """V(s_0) of each episode (by `id`) from its prompt's other samples: the mean of their rewards. Its expectation
+    is V(s_0) and it does not depend on the episode's own reward, so R - V-hat(s_0) stays an unbiased advantage
+    (as RLOO's baseline). An episode alone with its prompt has no other samples and no entry."""
+    roots = {}
+    for group in group_by_prompt(list(episodes)):
+        total = sum(e.reward for e in group)
+        for episode in group if len(group) > 1 else ():
+            roots[id(episode)] = (total - episode.reward) / (len(group) - 1)
+    return roots
+
+
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings; return
     the rollouts' metrics: the states valued, the tokens they generated and the share with no parseable answer."""
@@ -56,13 +69,17 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     token_texts = TokenTexts(ctx.decode)
     states: dict[tuple[int, ...], int] = {}  # unique prefix -> its index in `requests`
     requests: list[State] = []
-    episode_states: list[list[int]] = []  # per episode, the request index of each of its step boundaries
+    roots = leave_one_out_roots(episodes) if options.root_value == "group" else {}
+    episode_states: list[list[int | None]] = []  # per episode, each boundary's request index (None: from `roots`)
     for episode in episodes:
         starts = split_steps(token_texts(episode.response_ids))
         estimated = starts[: estimated_boundaries(len(starts), options.max_value_steps)]
         episode.step_starts = starts if options.after_value_cap == "zero" else estimated
         indices = []
         for step, start in enumerate(estimated):
+            if step == 0 and id(episode) in roots:
+                indices.append(None)
+                continue
             key = tuple(episode.prompt_ids + episode.response_ids[:start])
             if key not in states:
                 states[key] = len(requests)
@@ -76,7 +93,8 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         )
     for episode, indices in zip(episodes, episode_states):
         unestimated = len(episode.step_starts) - len(indices)  # after the cap, "zero": V = R
-        episode.step_values = [rollouts.values[i] for i in indices] + [episode.reward] * unestimated
+        estimates = [roots[id(episode)] if i is None else rollouts.values[i] for i in indices]
+        episode.step_values = estimates + [episode.reward] * unestimated
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
     return {
