@@ -106,6 +106,8 @@ def test_the_cost_model_counts_generated_and_trained_tokens():
     assert iteration_cost(record, CostModel("x", 0.1)) == pytest.approx(0.1 * 1000 + 800)
     # 10 s for 1000 generated tokens, 4 s for 800 trained tokens: a generated token costs 2 trained tokens
     assert measured_generation_cost([record, record]) == pytest.approx((10 / 1000) / (4 / 800))
+    assert measured_generation_cost([]) is None
+    assert measured_generation_cost([{**record, "tokens/update": 0, "tokens/value_update": 0}]) is None
 
 
 def test_a_finished_run_is_not_run_again_and_a_cut_short_one_starts_over(tmp_path):

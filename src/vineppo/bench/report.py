@@ -63,7 +63,7 @@ def summarize(
         "per_iteration": {label: per_iteration(runs) for label, runs in results.items()},
     }
     records = [record for runs in results.values() for run in runs.values() for record in run["iterations"]]
-    summary["cpu_generation_cost"] = measured_generation_cost(records) if records else None
+    summary["cpu_generation_cost"] = measured_generation_cost(records)
     for label, runs in results.items():
         entry = {name: mean_interval(list(values.values())).as_dict() for name, values in figures[label].items()}
         for threshold in thresholds:
