@@ -1,5 +1,6 @@
 """The summary of a seeded comparison: per run label, means and 95% intervals over the seeds (vineppo.bench.stats)
-of the figures the issue asks for, paired differences against a baseline, the markdown table and the plots.
+of the figures the issue asks for, paired differences against a baseline and between every pair of runs, the mean
+iteration's costs, the markdown tables and the plots.
 
 Figures of one run: test accuracy at fixed training-second marks; the area under its accuracy-vs-seconds curve
 over the budget (AUC, an accuracy); the seconds and generated tokens to reach accuracy thresholds (over the seeds
