@@ -14,8 +14,8 @@ alternative at a fork, and must end on the target:
 
 A line names its step and restates a fork as the prompt writes it before choosing, so that every line is found by
 copying what follows its label in the prompt, and the start comes last in the prompt, next to the first line that
-copies it (the tiny model learns both copies quickly; without labels, and with the start first, its SFT stayed at
-0-10% accuracy for 1,000-2,000 steps, docs/tasks.md). Each line may start with filler words (`so`, `then`, `now`,
+copies it (without labels, and with the start first, the tiny model's SFT stayed at 0-10% accuracy for
+1,000-2,000 steps; copying an operation is still its most common mistake, docs/tasks.md). Each line may start with filler words (`so`, `then`, `now`,
 `ok`, separated by spaces): the teacher writes `filler_words` of them, drawn at random, so they are free tokens
 that do not matter for the reward, as phrasing is in GSM8K. The target is the end of one path through the forks
 (drawn with the problem), so at least one choice at every fork reaches it; a wrong choice is a dead end that only
