@@ -36,17 +36,21 @@ def grpo_advantages(rewards: Sequence[float], eps: float = 1e-6) -> list[float]:
     return [(r - mean) / (std + eps) for r in rewards]
 
 
+def leave_one_out_means(rewards: Sequence[float]) -> list[float]:
+    """For each reward, the mean of the other n - 1 (n >= 2): a baseline that does not depend on the sample."""
+    total = sum(rewards)
+    return [(total - r) / (len(rewards) - 1) for r in rewards]
+
+
 def rloo_advantages(rewards: Sequence[float]) -> list[float]:
     """r_i minus the mean of the other n - 1 rewards (REINFORCE leave-one-out, Ahmadian et al. 2024).
 
     The baseline does not depend on r_i, so the estimate stays unbiased. A single sample has no other sample to
     compare with and gets 0; so does a group whose rewards are all equal (exactly, not up to float rounding).
     """
-    n = len(rewards)
     if len(set(rewards)) <= 1:
-        return [0.0] * n
-    total = sum(rewards)
-    return [r - (total - r) / (n - 1) for r in rewards]
+        return [0.0] * len(rewards)
+    return [r - baseline for r, baseline in zip(rewards, leave_one_out_means(rewards))]
 
 
 def group_credit(episodes: list[Episode], estimator: GroupEstimator) -> dict[str, float]:

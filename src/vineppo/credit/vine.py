@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from vineppo.credit.group import leave_one_out_means
 from vineppo.engine.base import Engine, SamplingParams
 from vineppo.episodes import Episode, group_by_prompt
 from vineppo.rollout import Rollout, State, rollout
@@ -56,9 +57,8 @@ def leave_one_out_roots(episodes: Sequence[Episode]) -> dict[int, float]:
     (as RLOO's baseline). An episode alone with its prompt has no other samples and no entry."""
     roots = {}
     for group in group_by_prompt(list(episodes)):
-        total = sum(e.reward for e in group)
-        for episode in group if len(group) > 1 else ():
-            roots[id(episode)] = (total - episode.reward) / (len(group) - 1)
+        if len(group) > 1:
+            roots.update(zip(map(id, group), leave_one_out_means([e.reward for e in group])))
     return roots
 
 
