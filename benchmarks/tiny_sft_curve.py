@@ -17,9 +17,8 @@ import torch
 
 from vineppo.config import load_config
 from vineppo.engine import build_engine
-from vineppo.engine.base import SamplingParams
+from vineppo.evaluate import greedy_rollouts
 from vineppo.models import TextCodec, build_char_tokenizer, build_tiny_model
-from vineppo.rollout import State, rollout
 from vineppo.sft.warm_start import train_sft
 from vineppo.tasks import build_task
 
@@ -39,14 +38,12 @@ def main() -> None:
     codec, engine = TextCodec(tokenizer), build_engine(cfg, model, tokenizer, "tiny", None)
     problems = task.test_problems()[: args.problems]
     marks = {round(args.steps * share) for share in (0.25, 0.5, 0.75, 1.0)}
-    greedy_params = SamplingParams(temperature=0.0, max_new_tokens=cfg.engine.max_new_tokens, stop=task.stop_sequences)
     started = time.perf_counter()
 
     def on_step(step: int, loss: float) -> None:
         if step in marks:
             model.eval()
-            states = [State(p, codec.encode(p.prompt), []) for p in problems]
-            greedy = [r for (r,) in rollout(engine, task, codec.decode, states, 1, greedy_params)]
+            greedy = greedy_rollouts(engine, codec.encode, codec.decode, task, problems, cfg.engine.max_new_tokens)
             model.train()
             figures = {"step": step, "loss": round(loss, 3), "seconds": round(time.perf_counter() - started),
                        "accuracy": sum(r.reward for r in greedy) / len(greedy)}

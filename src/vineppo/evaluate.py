@@ -14,10 +14,25 @@ from typing import Callable
 import torch
 
 from vineppo.engine.base import Engine, SamplingParams
-from vineppo.rollout import State, rollout
+from vineppo.rollout import Rollout, State, rollout
 from vineppo.tasks.base import CORRECT, Problem, Task
 
 BREAKDOWN_FIELDS = ("subject", "level")
+
+
+def greedy_rollouts(
+    engine: Engine,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    task: Task,
+    problems: list[Problem],
+    max_new_tokens: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Rollout]:
+    """The greedy response to every problem, graded."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop_sequences)
+    states = [State(p, encode(p.prompt), []) for p in problems]
+    return [r for (r,) in rollout(engine, task, decode, states, 1, params, on_progress=on_progress)]
 
 
 def evaluate_greedy(
@@ -31,9 +46,7 @@ def evaluate_greedy(
 ) -> dict[str, float]:
     """Accuracy (mean reward of the greedy response), the fraction with no parseable answer, and the fraction
     cut off at the length limit."""
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=task.stop_sequences)
-    states = [State(p, encode(p.prompt), []) for p in problems]
-    greedy = [r for (r,) in rollout(engine, task, decode, states, 1, params, on_progress=on_progress)]
+    greedy = greedy_rollouts(engine, encode, decode, task, problems, max_new_tokens, on_progress)
     count = max(len(problems), 1)
     return {
         "eval/accuracy": sum(r.reward for r in greedy) / count,

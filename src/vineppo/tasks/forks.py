@@ -6,18 +6,18 @@ A problem is `num_steps` steps named A, B, C, ..., then a start digit and a targ
 computed left to right modulo 10 as in the arithmetic task. The response takes one line per step, choosing one
 alternative at a fork, and must end on the target:
 
-    A+3B[*2|-5]C+1D-6E[+2|*3]F+4G*7H-2I[-1|*9]J+5 4>3    <- prompt (followed by a newline): steps, start>target
+    A+3B[*2|-5]C+1D-6E+4F*7G-2H[-1|*9]I+5J+1 4>0    <- prompt (followed by a newline): steps, start>target
     so 4A+3=7
-    then 7B[*2|-5]-5=2                                    <- a fork, restated, then the choice: *2 would also be
-    ...                                                      legal, but leads elsewhere
-    #3
+    then 7B[*2|-5]-5=2                               <- a fork, restated, then the choice: *2 would also be
+    ...                                                 legal, but leads elsewhere
+    #0
 
 A line names its step and restates a fork as the prompt writes it before choosing, so that every line is found by
 copying what follows its label in the prompt, and the start comes last in the prompt, next to the first line that
 copies it (without labels, and with the start first, the tiny model's SFT stayed at 0-10% accuracy for
-1,000-2,000 steps; copying an operation is still its most common mistake, docs/tasks.md). Each line may start with filler words (`so`, `then`, `now`,
-`ok`, separated by spaces): the teacher writes `filler_words` of them, drawn at random, so they are free tokens
-that do not matter for the reward, as phrasing is in GSM8K. The target is the end of one path through the forks
+1,000-2,000 steps; copying an operation is still its most common mistake, docs/tasks.md). Each line may start
+with filler words (`so`, `then`, `now`, `ok`, separated by spaces): the teacher writes `filler_words` of them,
+drawn at random, so they are free tokens that do not matter for the reward, as phrasing is in GSM8K. The target is the end of one path through the forks
 (drawn with the problem), so at least one choice at every fork reaches it; a wrong choice is a dead end that only
 shows in the final value. Arithmetic slips (the teacher's misconceptions, tasks/arithmetic.FallibleTeacher, and
 the model's own) are independent chances to go wrong on every line.
