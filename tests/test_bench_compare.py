@@ -8,11 +8,12 @@ import pytest
 
 from tiny import TINY
 
-from vineppo.bench.compare import RunSpec, finished_or_run, run_specs
+from vineppo.bench.compare import RunSpec, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
 from vineppo.bench.report import cost_table, paired_table, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
+from vineppo.config import ConfigError
 from vineppo.runlog import read_metrics
 
 POINTS = [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
@@ -137,6 +138,19 @@ def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
 
 
 @pytest.mark.slow
+def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused():
+    spec = parse_variant("vineppo K=3 reuse: algo.vineppo.k=3, algo.vineppo.reuse_samples=true")
+    assert spec == RunSpec("vineppo K=3 reuse", ("algo.vineppo.k=3", "algo.vineppo.reuse_samples=true"))
+    assert spec.slug == "vineppoK3reuse"
+    for bad in ("no colon", ":algo.vineppo.k=3", "label:", "label:algo.vineppo.k", "label:=3"):
+        with pytest.raises(ConfigError, match="LABEL:KEY=VALUE"):
+            parse_variant(bad)
+    specs = run_specs(["grpo"], [3], base_k=9, variants=[spec])
+    assert [s.label for s in specs] == ["grpo", "vineppo K=3", "vineppo K=3 reuse"]
+    with pytest.raises(ConfigError, match="vineppo K=3"):  # its run directory would be the K ablation's
+        run_specs(["grpo"], [3], base_k=9, variants=[parse_variant("vineppoK=3:algo.vineppo.k=3")])
+
+
 def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp_path, sft_cache, capsys):
     out = tmp_path / "compare"
     args = ["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1", "--eval-seconds", "0.5",

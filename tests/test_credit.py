@@ -7,7 +7,7 @@ import torch
 
 from vineppo.config import AlgoConfig, Config, VinePPOOptions
 from vineppo.context import Context
-from vineppo.credit.vine import leave_one_out_roots, spread_over_tokens, step_advantages, vine_credit
+from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
 from vineppo.engine.base import Completion, SamplingParams
 from vineppo.episodes import Episode
 from vineppo.tasks.base import Grade, Problem
@@ -290,23 +290,66 @@ def test_the_group_root_is_the_mean_reward_of_the_other_samples_and_saves_the_pr
     assert metrics["value/states"] == len(prefixes) == 6
 
 
-def test_the_group_root_is_unbiased_and_independent_of_the_sample_own_reward():
-    """Over many groups of 4 from the coin process, the leave-one-out root averages the true V(s_0), and as much
-    after a sample that scored 1 as after one that scored 0 (a group mean including the sample would not)."""
-    generator = torch.Generator().manual_seed(2)
+def coin_groups(generator, groups, size=4):
+    """`groups` groups of `size` samples of the coin process, as episodes (group g has prompt_index g)."""
     engine = CoinEngine()
-    by_reward = {0.0: [], 1.0: []}
-    for _ in range(1500):
-        rows = engine.generate([[2]], 4, SamplingParams(), generator)[0]
-        rewards = [float(decode(r.token_ids).count("H") >= 2) for r in rows]
-        episodes = [Episode(0, PROBLEM, [2], r.token_ids, r.logprobs, "stop", reward=reward, parsed=True)
-                    for r, reward in zip(rows, rewards)]
-        roots = leave_one_out_roots(episodes)
-        for episode in episodes:
-            by_reward[episode.reward].append(roots[id(episode)])
-    truth = true_value(0, 3)
-    for reward, roots in by_reward.items():
-        stderr = math.sqrt(truth * (1 - truth) / 3 / len(roots))
-        assert abs(sum(roots) / len(roots) - truth) < 4 * stderr, reward
-    every = by_reward[0.0] + by_reward[1.0]
-    assert abs(sum(every) / len(every) - truth) < 4 * math.sqrt(truth * (1 - truth) / len(every))
+    episodes = []
+    for g in range(groups):
+        for row in engine.generate([[2]], size, SamplingParams(), generator)[0]:
+            reward = float(decode(row.token_ids).count("H") >= 2)
+            episodes.append(Episode(g, PROBLEM, [2], row.token_ids, row.logprobs, "stop", reward=reward, parsed=True))
+    return episodes
+
+
+def heads_before(episode, step):
+    return decode(episode.response_ids[: 2 * step]).count("H")
+
+
+@pytest.mark.parametrize("options", [{"root_value": "group"}, {"reuse_samples": True}])
+def test_sibling_values_are_unbiased_and_independent_of_the_sample_own_reward(options):
+    """Over 600 groups of 4 from the coin process, the value of every state (step, heads so far) averages its true
+    value, and as much after samples that scored 1 as after samples that scored 0: siblings' rewards stand in for
+    rollouts without seeing the sample's own (a mean that included it fails this by 0.1 or more)."""
+    episodes = coin_groups(torch.Generator().manual_seed(2), 600)
+    generator = torch.Generator().manual_seed(3)
+    for g in range(600):  # one group at a time: the groups share the prompt, so together they would share states
+        vine(episodes[4 * g : 4 * g + 4], CoinEngine(), CoinTask(), decode, k=2, generator=generator,
+             max_value_steps=None, **options)
+    buckets = {}
+    for episode in episodes:
+        for step, value in enumerate(episode.step_values):
+            buckets.setdefault((step, heads_before(episode, step), episode.reward), []).append(value)
+    checked = 0
+    for (step, heads, reward), values in buckets.items():
+        truth = true_value(heads, LINES - step)
+        if len(values) < 100 or truth in (0.0, 1.0):
+            continue
+        stderr = math.sqrt(truth * (1 - truth) / 2 / len(values))  # each value averages at least 2 rollouts
+        assert abs(sum(values) / len(values) - truth) < 4.5 * stderr, (step, heads, reward)
+        checked += 1
+    assert checked >= 6  # s_0, "H", "T" and "HT" after either reward
+
+
+def test_reused_siblings_replace_rollouts_by_hand():
+    """reuse_samples with K = 2 on a group of 4: a state with 2 or more siblings through it is not rolled out, one
+    with a single sibling gets 1 rollout, a lone one 2; values by hand."""
+    engine = CoinEngine()
+    flips = [[True, True, False], [False, False, False], [True, False, False], [True, False, True]]  # 1, 0, 0, 1
+    group = [make_episode(f) for f in flips]
+    metrics = vine(group, engine, CoinTask(), decode, k=2, generator=torch.Generator().manual_seed(0),
+                   max_value_steps=None, reuse_samples=True)
+    assert [e.step_values[0] for e in group] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 1 / 3])  # 3 siblings each
+    # "H\n": samples 0, 2, 3 pass; each has the other two's rewards
+    assert [group[i].step_values[1] for i in (0, 2, 3)] == pytest.approx([1 / 2, 1, 1 / 2])
+    # "H\nT\n": samples 2 and 3, one sibling each and the same single rollout x: (1 + x) / 2 and (0 + x) / 2
+    assert group[2].step_values[2] - group[3].step_values[2] == pytest.approx(0.5)
+    assert group[3].step_values[2] in (0.0, 0.5)
+    assert group[0].step_values[2] == 1.0  # "H\nH\n": 2 heads already, 2 rollouts of its own
+    assert group[1].step_values[1] in (0.0, 0.5, 1.0)  # "T\n", alone: the mean of 2 rollouts
+    assert group[1].step_values[2] == 0.0  # "T\nT\n": 2 heads out of reach
+    # one call per rollout count: 2 rollouts of "T\n", "H\nH\n", "T\nT\n"; 1 of "H\nT\n"
+    assert sorted(map(len, engine.calls)) == [1, 3]
+    assert metrics["value/states"] == 4
+    assert metrics["value/mc_saved"] == pytest.approx(1 - 7 / 12)  # 6 unique states x K = 12 without reuse
+    for episode in group:
+        assert episode.advantages[0] == pytest.approx(episode.step_values[1] - episode.step_values[0])

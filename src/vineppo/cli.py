@@ -25,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 from vineppo.parallel import distributed
 from vineppo.algorithms import METHODS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
-from vineppo.bench.compare import Evaluation, compare
+from vineppo.bench.compare import Evaluation, compare, parse_variant
 from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, config_to_yaml, load_config
 from vineppo.data import DataError
@@ -133,6 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
                             help=f"methods to run (default: all of {', '.join(METHODS)})")
     comparison.add_argument("--k", nargs="*", type=int, default=[], metavar="K",
                             help="also run VinePPO with these K (the K ablation), e.g. --k 1 3")
+    comparison.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                            help="also run the shared config with these overrides under LABEL (repeatable), e.g. "
+                                 "'vineppo K=3 reuse:algo.vineppo.k=3,algo.vineppo.reuse_samples=true'")
     comparison.add_argument("--budget", type=float, default=120.0, help="training seconds per run (default 120)")
     comparison.add_argument("--eval-seconds", type=float, default=10.0,
                             help="training seconds between evaluations (default 10)")
@@ -330,6 +333,7 @@ def cmd_bench(args: argparse.Namespace, console: Console) -> None:
         args.methods, args.k, args.budget, args.eval_seconds, Path(args.out), args.config, args.overrides, console,
         seeds=list(range(args.seeds)), baseline=args.baseline, marks=args.marks, thresholds=args.thresholds,
         evaluation=Evaluation(args.eval_samples, args.eval_temperature),
+        variants=[parse_variant(v) for v in args.variant],
     )
     print(markdown)
 

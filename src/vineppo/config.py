@@ -259,6 +259,12 @@ class VinePPOOptions(_Section):
     "group", for sample i the mean reward of the prompt's other `samples_per_prompt` - 1 samples of the iteration
     (leave-one-out: unbiased and independent of sample i, so A_0 stays unbiased) at no rollout; a prompt with a
     single sample falls back to "mc". A departure (issue 17), off by default."""
+    reuse_samples: bool = False
+    """Count the prompt's other samples of the iteration whose responses pass through a state (start with its
+    tokens) as rollouts from it, and roll out only K minus their number (none where K or more pass): each is a
+    policy continuation of the state, so the mean stays unbiased and, leaving sample i out, independent of sample
+    i's own continuation (the prefix tree of TEMPO, arXiv 2509.18314, and GiGPO, 2505.10978, as values of
+    VinePPO's states; vineppo.credit.vine.plan_values). A departure (issue 17), off by default."""
 
 
 class PPOOptions(_Section):

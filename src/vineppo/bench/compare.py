@@ -3,7 +3,7 @@
 
 Every run uses the same config (by default the quickstart's task, SFT model, engine, prompts and samples per
 iteration and update settings; `config_paths` and `overrides` change it for all runs alike) except `algo.name`,
-for the K ablation `algo.vineppo.k`, and `train.seed`: seed s changes the RL sampling and the order of the
+for the K ablation `algo.vineppo.k`, a variant's own overrides (`--variant`), and `train.seed`: seed s changes the RL sampling and the order of the
 training prompts, while the SFT model (its own `model.tiny.sft.seed`, or `model.path`) stays the one shared
 starting point. Each run gets the same budget of training seconds (sampling + credit + update; evaluation is not
 counted), and test accuracy is measured every `eval_seconds` of training time: greedy, or the mean accuracy of
@@ -57,13 +57,33 @@ class Evaluation:
     temperature: float = 0.35
 
 
-def run_specs(methods: list[str], k_values: list[int], base_k: int) -> list[RunSpec]:
-    """One run per method, then VinePPO once per K of the ablation (the base config's K is not rerun)."""
+def parse_variant(text: str) -> RunSpec:
+    """`LABEL:KEY=VALUE,KEY=VALUE...` (`--variant`): a run labelled LABEL with those overrides of the shared config,
+    e.g. "vineppo K=3 reuse:algo.vineppo.k=3,algo.vineppo.reuse_samples=true"."""
+    label, colon, overrides = text.partition(":")
+    pairs = tuple(o.strip() for o in overrides.split(",")) if overrides.strip() else ()
+    if not colon or not label.strip() or not pairs or any("=" not in o or o.startswith("=") for o in pairs):
+        raise ConfigError(f"--variant {text!r}: expected LABEL:KEY=VALUE[,KEY=VALUE...], "
+                          "e.g. 'vineppo K=3 reuse:algo.vineppo.k=3,algo.vineppo.reuse_samples=true'")
+    return RunSpec(label.strip(), pairs)
+
+
+def run_specs(
+    methods: list[str], k_values: list[int], base_k: int, variants: list[RunSpec] = ()
+) -> list[RunSpec]:
+    """One run per method, then VinePPO once per K of the ablation (the base config's K is not rerun), then the
+    variants."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     specs = [RunSpec(m, (f"algo.name={m}",)) for m in methods]
     specs += [RunSpec(f"vineppo K={k}", ("algo.name=vineppo", f"algo.vineppo.k={k}")) for k in k_values if k != base_k]
+    specs += variants
+    slugs = [s.slug for s in specs]
+    repeated = sorted({s.label for s in specs if slugs.count(s.slug) > 1})
+    if repeated:
+        raise ConfigError(f"--variant: label(s) {', '.join(repeated)} name another run (labels must differ in more "
+                          "than spaces and '=')")
     return specs
 
 
@@ -142,13 +162,13 @@ def compare(
     methods: list[str], k_values: list[int], budget: float, eval_seconds: float, out: Path,
     config_paths: ConfigPaths = None, overrides: list[str] = (), console: Console | None = None,
     seeds: list[int] = (0,), baseline: str | None = None, marks: list[float] | None = None,
-    thresholds: list[float] | None = None, evaluation: Evaluation = Evaluation(),
+    thresholds: list[float] | None = None, evaluation: Evaluation = Evaluation(), variants: list[RunSpec] = (),
 ) -> str:
     """Run every spec with every seed, one after the other, write results and plots to `out`, return the
     markdown tables (the summary, every pair's AUC difference, the mean iteration's costs)."""
     console = console or make_console()
     base_k = load_config(config_paths, list(overrides)).algo.vineppo.k
-    specs = run_specs(methods, k_values, base_k)
+    specs = run_specs(methods, k_values, base_k, list(variants))
     if baseline is not None and baseline not in [s.label for s in specs]:
         raise ConfigError(f"--baseline {baseline}: not one of the runs ({', '.join(s.label for s in specs)})")
     out.mkdir(parents=True, exist_ok=True)

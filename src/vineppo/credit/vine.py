@@ -14,18 +14,17 @@ their values with R as the official code does (V_i = r_i + V_{i+1}), so the step
 learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
-a prompt, as in the official code. With `root_value` "group" (a departure) V(s_0) comes from the prompt's other
-samples instead (`leave_one_out_roots`), and the prompt is not rolled out.
+a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
+instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from vineppo.credit.group import leave_one_out_means
 from vineppo.engine.base import Engine, SamplingParams
 from vineppo.episodes import Episode, group_by_prompt
 from vineppo.rollout import Rollout, State, rollout
@@ -33,6 +32,7 @@ from vineppo.steps import TokenTexts, estimated_boundaries, split_steps, step_sp
 from vineppo.tasks.base import Task
 
 if TYPE_CHECKING:
+    from vineppo.config import VinePPOOptions
     from vineppo.context import Context
 
 
@@ -51,57 +51,125 @@ def spread_over_tokens(step_values: Sequence[float], starts: Sequence[int], num_
     return out
 
 
-def leave_one_out_roots(episodes: Sequence[Episode]) -> dict[int, float]:
-    """V(s_0) of each episode (by `id`) from its prompt's other samples: the mean of their rewards. Its expectation
-    is V(s_0) and it does not depend on the episode's own reward, so R - V-hat(s_0) stays an unbiased advantage
-    (as RLOO's baseline). An episode alone with its prompt has no other samples and no entry."""
-    roots = {}
-    for group in group_by_prompt(list(episodes)):
-        if len(group) > 1:
-            roots.update(zip(map(id, group), leave_one_out_means([e.reward for e in group])))
-    return roots
+@dataclass(frozen=True)
+class Boundary:
+    """How one estimated step boundary of one episode is valued: the mean reward of `siblings` (the rewards of
+    the prompt's other samples whose responses pass through the state, reused as rollouts from it) and of the
+    first `rollouts` MC rollouts of `ValuePlan.states[state]`."""
+
+    state: int | None  # None: no MC rollouts
+    rollouts: int
+    siblings: tuple[float, ...] = ()
+
+    def value(self, state_rewards: Sequence[Sequence[float]]) -> float:
+        mc = state_rewards[self.state][: self.rollouts] if self.state is not None else []
+        return (sum(self.siblings) + sum(mc)) / (len(self.siblings) + self.rollouts)
+
+
+@dataclass
+class ValuePlan:
+    """The MC rollouts VinePPO's values need, decided before any is sampled: the unique states (by exact token
+    prefix, so V(s_0) is rolled out once for all samples of a prompt, as in the official code) with the number
+    of rollouts each, and every episode's boundaries. `plain_rollouts`: what K rollouts per unique state, the
+    paper's estimator, would have taken."""
+
+    states: list[State] = field(default_factory=list)
+    rollouts: list[int] = field(default_factory=list)
+    boundaries: list[list[Boundary]] = field(default_factory=list)
+    plain_rollouts: int = 0
+
+
+def plan_values(
+    episodes: Sequence[Episode], estimated: Sequence[Sequence[int]], options: VinePPOOptions
+) -> ValuePlan:
+    """The rollouts for the boundaries `estimated[i]` (response token offsets) of each episode under `options`.
+
+    A sibling of episode i (another sample of its prompt, `Episode.prompt_index`) whose response starts with the
+    state's tokens continued it as the policy would: its reward is a rollout of the state, independent of
+    episode i's own continuation, so it may stand in for one. `reuse_samples` takes every such sibling and rolls
+    out only K minus their number; `root_value` "group" takes them at s_0 (all siblings) and rolls out none.
+    How many rollouts a boundary gets depends only on prefixes, never on rewards, which keeps the mean unbiased.
+    """
+    plan = ValuePlan()
+    index: dict[tuple[int, ...], int | None] = {}  # unique prefix -> its state in `plan.states` (None: no rollouts)
+    groups = {id(e): group for group in group_by_prompt(list(episodes)) for e in group}
+    for episode, starts in zip(episodes, estimated):
+        boundaries = []
+        for step, start in enumerate(starts):
+            prefix = episode.response_ids[:start]
+            reused = options.reuse_samples or (step == 0 and options.root_value == "group")
+            siblings = tuple(
+                s.reward for s in groups[id(episode)] if s is not episode and s.response_ids[:start] == prefix
+            ) if reused else ()
+            if step == 0 and options.root_value == "group" and siblings:
+                rollouts = 0
+            else:
+                rollouts = max(0, options.k - len(siblings))
+            key = tuple(episode.prompt_ids + prefix)
+            if key not in index:
+                plan.plain_rollouts += options.k
+                index[key] = None
+            if rollouts and index[key] is None:
+                index[key] = len(plan.states)
+                plan.states.append(State(episode.problem, episode.prompt_ids, prefix, step))
+                plan.rollouts.append(0)
+            if rollouts:
+                plan.rollouts[index[key]] = max(plan.rollouts[index[key]], rollouts)
+            boundaries.append(Boundary(index[key] if rollouts else None, rollouts, siblings))
+        plan.boundaries.append(boundaries)
+    return plan
 
 
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings; return
-    the rollouts' metrics: the states valued, the tokens they generated and the share with no parseable answer."""
+    the rollouts' metrics: the states rolled out, the tokens they generated, the share with no parseable answer
+    and the share of the paper's K-per-state rollouts that sibling samples saved."""
     options = ctx.cfg.algo.vineppo
     token_texts = TokenTexts(ctx.decode)
-    states: dict[tuple[int, ...], int] = {}  # unique prefix -> its index in `requests`
-    requests: list[State] = []
-    roots = leave_one_out_roots(episodes) if options.root_value == "group" else {}
-    episode_states: list[list[int | None]] = []  # per episode, each boundary's request index (None: from `roots`)
+    estimated = []
     for episode in episodes:
         starts = split_steps(token_texts(episode.response_ids))
-        estimated = starts[: estimated_boundaries(len(starts), options.max_value_steps)]
-        episode.step_starts = starts if options.after_value_cap == "zero" else estimated
-        indices = []
-        for step, start in enumerate(estimated):
-            if step == 0 and id(episode) in roots:
-                indices.append(None)
-                continue
-            key = tuple(episode.prompt_ids + episode.response_ids[:start])
-            if key not in states:
-                states[key] = len(requests)
-                requests.append(State(episode.problem, episode.prompt_ids, episode.response_ids[:start], step))
-            indices.append(states[key])
-        episode_states.append(indices)
+        estimated.append(starts[: estimated_boundaries(len(starts), options.max_value_steps)])
+        episode.step_starts = starts if options.after_value_cap == "zero" else estimated[-1]
+    plan = plan_values(episodes, estimated, options)
 
-    with ctx.bars.phase("MC rollouts", len(requests)) as bar:
-        rollouts = mc_values(
-            ctx.engine, ctx.task, ctx.decode, requests, options.k, ctx.sampling, ctx.generator, bar.advance
+    with ctx.bars.phase("MC rollouts", len(plan.states)) as bar:
+        sampled = rollout_counts(
+            ctx.engine, ctx.task, ctx.decode, plan.states, plan.rollouts, ctx.sampling, ctx.generator, bar.advance
         )
-    for episode, indices in zip(episodes, episode_states):
-        unestimated = len(episode.step_starts) - len(indices)  # after the cap, "zero": V = R
-        estimates = [roots[id(episode)] if i is None else rollouts.values[i] for i in indices]
-        episode.step_values = estimates + [episode.reward] * unestimated
+    state_rewards = [[r.reward for r in rollouts] for rollouts in sampled]
+    for episode, boundaries in zip(episodes, plan.boundaries):
+        unestimated = len(episode.step_starts) - len(boundaries)  # after the cap, "zero": V = R
+        episode.step_values = [b.value(state_rewards) for b in boundaries] + [episode.reward] * unestimated
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
+    flat = [r for rollouts in sampled for r in rollouts]
     return {
-        "value/states": len(requests),
-        "tokens/mc": rollouts.tokens,
-        "value/mc_unparsed": rollouts.unparsed / max(1, len(requests) * options.k),
+        "value/states": len(plan.states),
+        "tokens/mc": sum(len(r.completion.token_ids) for r in flat),
+        "value/mc_unparsed": sum(not r.grade.parsed for r in flat) / max(1, len(flat)),
+        "value/mc_saved": 1 - len(flat) / max(1, plan.plain_rollouts),
     }
+
+
+def rollout_counts(
+    engine: Engine,
+    task: Task,
+    decode: Callable[[list[int]], str],
+    states: Sequence[State],
+    counts: Sequence[int],
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[list[Rollout]]:
+    """`counts[i]` graded rollouts of `states[i]`: one engine call per distinct count (one in all for plain MC)."""
+    sampled: list[list[Rollout]] = [[] for _ in states]
+    for count in sorted(set(counts)):
+        chosen = [i for i, c in enumerate(counts) if c == count]
+        graded = rollout(engine, task, decode, [states[i] for i in chosen], count, params, generator, on_progress)
+        for i, rollouts in zip(chosen, graded):
+            sampled[i] = rollouts
+    return sampled
 
 
 @dataclass
