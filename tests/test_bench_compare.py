@@ -10,7 +10,7 @@ from tiny import TINY
 
 from vineppo.bench.compare import RunSpec, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
-from vineppo.bench.report import cost_table, paired_table, summarize, summary_table
+from vineppo.bench.report import ablation_k, cost_table, paired_table, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
 from vineppo.config import ConfigError
@@ -149,6 +149,8 @@ def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused():
     assert [s.label for s in specs] == ["grpo", "vineppo K=3", "vineppo K=3 reuse"]
     with pytest.raises(ConfigError, match="vineppo K=3"):  # its run directory would be the K ablation's
         run_specs(["grpo"], [3], base_k=9, variants=[parse_variant("vineppoK=3:algo.vineppo.k=3")])
+    # the K ablation's plot takes its own runs only, not a variant whose label starts alike
+    assert [ablation_k(label) for label in ("vineppo K=3", "vineppo K=3 reuse", "vineppo", "grpo")] == [3, None, None, None]
 
 
 def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp_path, sft_cache, capsys):

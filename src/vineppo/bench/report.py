@@ -10,6 +10,7 @@ the area under the accuracy-vs-cost curve up to the smallest cost every run of t
 
 from __future__ import annotations
 
+import re
 import statistics
 from contextlib import contextmanager
 from functools import partial
@@ -203,8 +204,15 @@ def reached_by_all(results: Runs, key: str) -> float:
     return min(r["points"][-1][key] for runs in results.values() for r in runs.values())
 
 
+def ablation_k(label: str) -> int | None:
+    """K of a run of the K ablation ("vineppo K=3"), None for any other run (a method, or a variant such as
+    "vineppo K=3 reuse")."""
+    found = re.fullmatch(r"vineppo K=(\d+)", label)
+    return int(found[1]) if found else None
+
+
 def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
-    methods = {label: runs for label, runs in results.items() if not label.startswith("vineppo K=")}
+    methods = {label: runs for label, runs in results.items() if ablation_k(label) is None}
     plot_bands(methods, "seconds", budget, "training seconds (sampling + credit + update)",
                out / "accuracy_vs_seconds.png")
     last = partial(reached_by_all, results)
@@ -215,10 +223,10 @@ def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
                    f"GPU cost ({model.name}: a generated token = {model.generation} trained tokens)",
                    out / f"accuracy_vs_{model.name}_cost.png")
     plot_generalization(methods, out / "generalization.png")
-    ablation = {label: runs for label, runs in results.items() if label.startswith("vineppo K=")}
+    ablation = {label: runs for label, runs in results.items() if ablation_k(label) is not None}
     if ablation:
         if "vineppo" in results:
             ablation[f"vineppo K={base_k}"] = results["vineppo"]
-        ablation = dict(sorted(ablation.items(), key=lambda item: int(item[0].split("=")[1])))
+        ablation = dict(sorted(ablation.items(), key=lambda item: ablation_k(item[0])))
         plot_bands(ablation, "seconds", budget, "training seconds (sampling + credit + update)",
                    out / "k_ablation.png", "VinePPO: MC rollouts per step boundary")

@@ -97,10 +97,11 @@ def plan_values(
         boundaries = []
         for step, start in enumerate(starts):
             prefix = episode.response_ids[:start]
-            reused = options.reuse_samples or (step == 0 and options.root_value == "group")
-            siblings = tuple(
-                s.reward for s in groups[id(episode)] if s is not episode and s.response_ids[:start] == prefix
-            ) if reused else ()
+            siblings: tuple[float, ...] = ()
+            if options.reuse_samples or (step == 0 and options.root_value == "group"):
+                siblings = tuple(
+                    s.reward for s in groups[id(episode)] if s is not episode and s.response_ids[:start] == prefix
+                )
             if step == 0 and options.root_value == "group" and siblings:
                 rollouts = 0
             else:
@@ -109,13 +110,15 @@ def plan_values(
             if key not in index:
                 plan.plain_rollouts += options.k
                 index[key] = None
-            if rollouts and index[key] is None:
-                index[key] = len(plan.states)
-                plan.states.append(State(episode.problem, episode.prompt_ids, prefix, step))
-                plan.rollouts.append(0)
+            state = None
             if rollouts:
-                plan.rollouts[index[key]] = max(plan.rollouts[index[key]], rollouts)
-            boundaries.append(Boundary(index[key] if rollouts else None, rollouts, siblings))
+                if index[key] is None:
+                    index[key] = len(plan.states)
+                    plan.states.append(State(episode.problem, episode.prompt_ids, prefix, step))
+                    plan.rollouts.append(0)
+                state = index[key]
+                plan.rollouts[state] = max(plan.rollouts[state], rollouts)
+            boundaries.append(Boundary(state, rollouts, siblings))
         plan.boundaries.append(boundaries)
     return plan
 
