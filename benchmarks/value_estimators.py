@@ -1,6 +1,6 @@
 """What each VinePPO value estimator costs and how close it comes to the true values, on the same samples: MC
 rollouts and tokens of one training iteration's batch, and mean absolute error against a many-rollout ground
-truth (issue 17: K, `root_value`, `reuse_samples`).
+truth (issue 17: K, `root_value`, `reuse_samples`, `k_allocation`).
 
 The policy is the run's starting point (the cached SFT warm start of a built-in task, or model.path); one
 iteration's batch (`train.prompts_per_iteration` training prompts x `samples_per_prompt` samples, the training
@@ -42,7 +42,8 @@ from vineppo.trainer import initial_model_path
 
 DEFAULT_VARIANTS = [
     "k=3", "k=9", "k=1", "k=3,root_value=group", "k=3,reuse_samples=true", "k=9,reuse_samples=true",
-    "k=9,reuse_samples=true,root_value=group",
+    "k=9,reuse_samples=true,root_value=group", "k=3,k_allocation=group_spread",
+    "k=3,k_allocation=group_spread,reuse_samples=true",
 ]
 
 

@@ -39,13 +39,15 @@ class CoinTask(FakeTaskBase):
 
 
 class CoinEngine:
-    """Continues a prefix of the toy process; the prompt is the single token [2]."""
+    """Continues a prefix of the toy process; the prompt is a single token ([2]; [3] for a second prompt)."""
 
     def __init__(self):
         self.calls = []
+        self.counts = []  # n of each call
 
     def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
         self.calls.append([list(p) for p in prefixes])
+        self.counts.append(n)
         self.budgets = budgets
         out = []
         for prefix in prefixes:
@@ -305,11 +307,15 @@ def heads_before(episode, step):
     return decode(episode.response_ids[: 2 * step]).count("H")
 
 
-@pytest.mark.parametrize("options", [{"root_value": "group"}, {"reuse_samples": True}])
-def test_sibling_values_are_unbiased_and_independent_of_the_sample_own_reward(options):
+@pytest.mark.parametrize("options, fewest", [
+    ({"root_value": "group"}, 2), ({"reuse_samples": True}, 2), ({"k_allocation": "group_spread"}, 1),
+    ({"k_allocation": "group_spread", "reuse_samples": True}, 1),
+])
+def test_values_are_unbiased_and_independent_of_the_sample_own_reward(options, fewest):
     """Over 600 groups of 4 from the coin process, the value of every state (step, heads so far) averages its true
     value, and as much after samples that scored 1 as after samples that scored 0: siblings' rewards stand in for
-    rollouts without seeing the sample's own (a mean that included it fails this by 0.1 or more)."""
+    rollouts without seeing the sample's own (a mean that included it fails this by 0.1 or more), and rollouts
+    shared out by the group's rewards stay fresh draws. `fewest`: the fewest rollouts a value averages."""
     episodes = coin_groups(torch.Generator().manual_seed(2), 600)
     generator = torch.Generator().manual_seed(3)
     for g in range(600):  # one group at a time: the groups share the prompt, so together they would share states
@@ -324,7 +330,7 @@ def test_sibling_values_are_unbiased_and_independent_of_the_sample_own_reward(op
         truth = true_value(heads, LINES - step)
         if len(values) < 100 or truth in (0.0, 1.0):
             continue
-        stderr = math.sqrt(truth * (1 - truth) / 2 / len(values))  # each value averages at least 2 rollouts
+        stderr = math.sqrt(truth * (1 - truth) / fewest / len(values))
         assert abs(sum(values) / len(values) - truth) < 4.5 * stderr, (step, heads, reward)
         checked += 1
     assert checked >= 6  # s_0, "H", "T" and "HT" after either reward
@@ -353,3 +359,23 @@ def test_reused_siblings_replace_rollouts_by_hand():
     assert metrics["value/mc_saved"] == pytest.approx(1 - 7 / 12)  # 6 unique states x K = 12 without reuse
     for episode in group:
         assert episode.advantages[0] == pytest.approx(episode.step_values[1] - episode.step_values[0])
+
+
+def test_group_spread_shares_the_rollouts_by_the_groups_reward_spread_by_hand():
+    """K = 3 over two prompts: one whose samples disagree (rewards 1, 0, 0, 1: spread 0.5; 6 states) and one whose
+    samples both failed (spread 0; 3 states). The 3 x 9 = 27 rollouts of uniform K: 1 for each state of the
+    failed prompt, the other 24 shared by the 6 states of the first, 4 each."""
+    engine = CoinEngine()
+    flips = [[True, True, False], [False, False, False], [True, False, False], [True, False, True]]  # 1, 0, 0, 1
+    mixed = [make_episode(f) for f in flips]  # states: the prompt, "H", "T", "HH", "TT", "HT"
+    failed = [make_episode(f, prompt_index=1) for f in ([False, False, False], [False, False, True])]
+    for episode in failed:
+        episode.prompt_ids = [3]  # another prompt, so its states ("", "T", "TT") are its own
+    metrics = vine([*mixed, *failed], engine, CoinTask(), decode, k=3, generator=torch.Generator().manual_seed(0),
+                   max_value_steps=None, k_allocation="group_spread")
+    rolled = {n: sorted(tuple(p) for p in call) for n, call in zip(engine.counts, engine.calls)}
+    assert rolled[1] == [(3,), (3, 1, 2), (3, 1, 2, 1, 2)]
+    assert len(rolled[4]) == 6 and all(p[0] == 2 for p in rolled[4])
+    assert metrics["value/states"] == 9
+    assert metrics["value/mc_saved"] == pytest.approx(0.0)  # the same 27 rollouts, shared differently
+    assert failed[0].step_values[2] == 0.0  # "T\nT\n": out of reach with any number of rollouts

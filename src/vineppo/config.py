@@ -265,6 +265,13 @@ class VinePPOOptions(_Section):
     policy continuation of the state, so the mean stays unbiased and, leaving sample i out, independent of sample
     i's own continuation (the prefix tree of TEMPO, arXiv 2509.18314, and GiGPO, 2505.10978, as values of
     VinePPO's states; vineppo.credit.vine.plan_values). A departure (issue 17), off by default."""
+    k_allocation: Literal["uniform", "group_spread"] = "uniform"
+    """How the iteration's MC rollouts are shared among its states: "uniform", K each (paper); "group_spread", the
+    same total (K x unique states) in proportion to the spread (population std) of the rewards of the state's
+    prompt's samples this iteration, sqrt(p(1 - p)) for 0/1 rewards (Neyman allocation, with the group's success
+    rate standing in for the state's unknown value), at least 1 per state. Decided from the samples' rewards before
+    any rollout, so every state's mean stays unbiased; `reuse_samples` then subtracts the siblings from each
+    state's share. A departure (issue 17), off by default."""
 
 
 class PPOOptions(_Section):

@@ -15,11 +15,13 @@ learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
-instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through.
+instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through; and
+`k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -88,11 +90,13 @@ def plan_values(
     state's tokens continued it as the policy would: its reward is a rollout of the state, independent of
     episode i's own continuation, so it may stand in for one. `reuse_samples` takes every such sibling and rolls
     out only K minus their number; `root_value` "group" takes them at s_0 (all siblings) and rolls out none.
-    How many rollouts a boundary gets depends only on prefixes, never on rewards, which keeps the mean unbiased.
+    How many rollouts a boundary gets depends on prefixes and the samples' rewards, never on a rollout's, which
+    keeps the mean unbiased.
     """
     plan = ValuePlan()
     index: dict[tuple[int, ...], int | None] = {}  # unique prefix -> its state in `plan.states` (None: no rollouts)
     groups = {id(e): group for group in group_by_prompt(list(episodes)) for e in group}
+    shares = rollout_shares(episodes, estimated, groups, options)
     for episode, starts in zip(episodes, estimated):
         boundaries = []
         for step, start in enumerate(starts):
@@ -105,7 +109,7 @@ def plan_values(
             if step == 0 and options.root_value == "group" and siblings:
                 rollouts = 0
             else:
-                rollouts = max(0, options.k - len(siblings))
+                rollouts = max(0, shares[tuple(episode.prompt_ids + prefix)] - len(siblings))
             key = tuple(episode.prompt_ids + prefix)
             if key not in index:
                 plan.plain_rollouts += options.k
@@ -121,6 +125,27 @@ def plan_values(
             boundaries.append(Boundary(state, rollouts, siblings))
         plan.boundaries.append(boundaries)
     return plan
+
+
+def rollout_shares(
+    episodes: Sequence[Episode], estimated: Sequence[Sequence[int]], groups: dict[int, list[Episode]],
+    options: VinePPOOptions,
+) -> dict[tuple[int, ...], int]:
+    """Each unique state's share of the iteration's K x states rollouts (`k_allocation`): K, or in proportion to
+    its prompt's reward spread with at least 1 ("group_spread"; a state shared by two groups takes the larger
+    spread). Reads the samples' rewards only, never a rollout."""
+    spreads: dict[tuple[int, ...], float] = {}
+    for episode, starts in zip(episodes, estimated):
+        spread = statistics.pstdev([e.reward for e in groups[id(episode)]])
+        for start in starts:
+            key = tuple(episode.prompt_ids + episode.response_ids[:start])
+            spreads[key] = max(spreads.get(key, 0.0), spread)
+    total = sum(spreads.values())
+    if options.k_allocation == "uniform" or total == 0:
+        return dict.fromkeys(spreads, options.k)
+    flat = sum(1 for spread in spreads.values() if spread == 0)  # states of prompts whose samples all agree: 1 each
+    per_spread = (options.k * len(spreads) - flat) / total
+    return {key: max(1, round(spread * per_spread)) for key, spread in spreads.items()}
 
 
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
