@@ -8,7 +8,7 @@ import pytest
 
 from tiny import TINY
 
-from vineppo.bench.compare import RunSpec, finished_or_run, parse_variant, run_specs
+from vineppo.bench.compare import RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
 from vineppo.bench.report import ablation_k, cost_table, paired_table, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
@@ -138,7 +138,7 @@ def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
 
 
 @pytest.mark.slow
-def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused():
+def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused(tmp_path):
     spec = parse_variant("vineppo K=3 reuse: algo.vineppo.k=3, algo.vineppo.reuse_samples=true")
     assert spec == RunSpec("vineppo K=3 reuse", ("algo.vineppo.k=3", "algo.vineppo.reuse_samples=true"))
     assert spec.slug == "vineppoK3reuse"
@@ -149,6 +149,9 @@ def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused():
     assert [s.label for s in specs] == ["grpo", "vineppo K=3", "vineppo K=3 reuse"]
     with pytest.raises(ConfigError, match="vineppo K=3"):  # its run directory would be the K ablation's
         run_specs(["grpo"], [3], base_k=9, variants=[parse_variant("vineppoK=3:algo.vineppo.k=3")])
+    with pytest.raises(ConfigError, match="kk"):  # checked before the first run starts
+        compare(["grpo"], [], 1.0, 1.0, tmp_path, variants=[parse_variant("typo:algo.vineppo.kk=3")])
+    assert not (tmp_path / "runs").exists()
     # the K ablation's plot takes its own runs only, not a variant whose label starts alike
     assert [ablation_k(label) for label in ("vineppo K=3", "vineppo K=3 reuse", "vineppo", "grpo")] == [3, None, None, None]
 

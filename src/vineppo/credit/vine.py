@@ -101,6 +101,7 @@ def plan_values(
         boundaries = []
         for step, start in enumerate(starts):
             prefix = episode.response_ids[:start]
+            key = tuple(episode.prompt_ids + prefix)
             siblings: tuple[float, ...] = ()
             if options.reuse_samples or (step == 0 and options.root_value == "group"):
                 siblings = tuple(
@@ -109,8 +110,7 @@ def plan_values(
             if step == 0 and options.root_value == "group" and siblings:
                 rollouts = 0
             else:
-                rollouts = max(0, shares[tuple(episode.prompt_ids + prefix)] - len(siblings))
-            key = tuple(episode.prompt_ids + prefix)
+                rollouts = max(0, shares[key] - len(siblings))
             if key not in index:
                 plan.plain_rollouts += options.k
                 index[key] = None
@@ -151,7 +151,7 @@ def rollout_shares(
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings; return
     the rollouts' metrics: the states rolled out, the tokens they generated, the share with no parseable answer
-    and the share of the paper's K-per-state rollouts that sibling samples saved."""
+    and the share of the paper's K-per-state rollouts not sampled (`value/mc_saved`)."""
     options = ctx.cfg.algo.vineppo
     token_texts = TokenTexts(ctx.decode)
     estimated = []
