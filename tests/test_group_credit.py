@@ -96,7 +96,7 @@ def test_group_runs_differ_from_vineppo_only_in_credit(algorithm_runs, name):
     group, vine = algorithm_runs[name], algorithm_runs["vineppo"]
     assert [r["iteration"] for r in group] == [0, 1, 2]
     first = group[1]
-    assert first["tokens/mc"] == 0 and "value/mc_unparsed" not in first  # no MC rollouts to parse
+    assert first["tokens/mc"] == 0 and "value/mc_unparsed" not in first  # no MC rollouts to parse or save
     assert first["value/states"] == 4 and first["value/steps_per_response"] == 1.0
     assert 0.0 <= first["value/equal_reward_groups"] <= 1.0
     assert first["value/mc_mean"] == pytest.approx(first["train/reward"])  # equal group sizes
@@ -104,5 +104,5 @@ def test_group_runs_differ_from_vineppo_only_in_credit(algorithm_runs, name):
     assert group[0]["eval/accuracy"] == vine[0]["eval/accuracy"]
     for key in ("train/reward", "tokens/policy", "train/truncated", "train/unparsed"):
         assert first[key] == vine[1][key], key
-    assert set(vine[1]) - set(first) == {"value/mc_unparsed"}
+    assert set(vine[1]) - set(first) == {"value/mc_unparsed", "value/mc_saved"}
     assert set(first) - set(vine[1]) == {"value/equal_reward_groups"}
