@@ -244,3 +244,38 @@ def test_split_rows_and_join_rows_round_trip(model):
     for name in ("input_ids", "attention_mask", "response_mask", "advantages", "sample_logprobs"):
         assert torch.equal(getattr(joined.tokens, name), getattr(batch.tokens, name)), name
     assert torch.equal(joined.old_logp * joined.tokens.response_mask, batch.old_logp * batch.tokens.response_mask)
+
+
+def test_trained_rollouts_join_the_samples_mini_batches_without_adding_optimizer_steps(model):
+    """VinePPO's train_rollouts: 8 samples and 24 rollout episodes take the samples' 2 steps an epoch (so the
+    learning-rate schedule in steps is unchanged), each step 4x the samples' micro-batches, every episode once an
+    epoch."""
+    from vineppo.update import micro_batches_with_rollouts, minibatch_steps
+
+    samples, rollouts = episodes(8), episodes(24, seed=1)
+    for episode in rollouts:
+        episode.rollout = True
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=4, micro_batch_size=2,
+                        epochs=2)
+    assert micro_batches_with_rollouts(samples, train) == 2
+    per_step = micro_batches_with_rollouts(samples + rollouts, train)
+    assert per_step == 8
+    policy = copy.deepcopy(model)
+    seen, steps = [], []
+
+    def micro_loss(trained, b, totals):
+        seen.append(len(b.tokens.input_ids))
+        return (trained.model.embed_tokens.weight * 0).sum(), {}
+
+    for eps, micro in ((samples, None), (samples + rollouts, per_step)):
+        batches, _ = prepare(policy, policy, eps, pad_id=0, micro_batch_size=2, temperature=1.0,
+                             whiten_advantages=False, device=torch.device("cpu"))
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        seen.clear()
+        taken = []
+        minibatch_steps(Trained(policy, optimizer, scheduler), batches, train, torch.Generator().manual_seed(0),
+                        micro_loss, on_step=lambda: taken.append(1), micro_batches=micro)
+        steps.append(len(taken))
+        assert sum(seen) == 2 * len(eps)  # every episode once an epoch
+    assert steps == [4, 4]

@@ -272,6 +272,14 @@ class VinePPOOptions(_Section):
     rate standing in for the state's unknown value), at least 1 per state. Decided from the samples' rewards before
     any rollout, so every state's mean stays unbiased; `reuse_samples` then subtracts the siblings from each
     state's share. A departure (issue 17), off by default."""
+    train_rollouts: float = Field(0.0, ge=0, le=1)
+    """The share of the MC rollouts also trained on, as episodes of their own: the rollout's tokens (its state's
+    are the prompt) with advantage R_j - b_j, b_j the mean reward of the state's other children (its other
+    rollouts and the samples through it; leave-one-out, no std scaling), chosen at random without reading a
+    reward. The update keeps its optimizer steps per iteration; their mini-batches grow. It changes the update's
+    weighting of states (docs/algorithms.md: not the gradient of the objective, an ascent direction that weights
+    deeper and rarer states more); tree rollouts as in SPO-tree (arXiv 2505.23564) and TreeRL (2506.11902).
+    0: the paper (rollouts only value states). A departure (issue 17), off by default."""
 
 
 class PPOOptions(_Section):

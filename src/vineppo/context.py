@@ -30,7 +30,7 @@ class Context:
     sampling: SamplingParams  # the training rollouts' settings: policy samples and MC rollouts alike
     device: torch.device
     generator: torch.Generator | None = None  # this rank's randomness for the iteration's sampling
-    seed: int = 0  # the iteration's seed (the update's shuffling, DPO+'s pairing)
+    seed: int = 0  # the iteration's seed (the update's shuffling, DPO+'s pairing, the MC rollouts trained on)
     whiten: bool = False  # whiten the advantages (algo.whiten_advantages, or the method's default)
     policy: Trained | None = None  # the policy with its optimizer, schedule and parallel backend
     reference: Any = None  # the frozen KL reference

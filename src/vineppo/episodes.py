@@ -18,6 +18,8 @@ class Episode:
     step_starts: token offsets of the reasoning steps in the response (vineppo.steps.split_steps).
     step_values: the value estimate at each step boundary s_0 .. s_{n-1} (MC mean for VinePPO).
     advantages: one per response token.
+    rollout: an MC rollout trained on as an episode of its own (algo.vineppo.train_rollouts), not one of the
+        policy's samples; its `prompt_ids` hold the prompt and the response tokens of the state it continues.
     """
 
     prompt_index: int
@@ -31,6 +33,7 @@ class Episode:
     step_starts: list[int] = field(default_factory=list)
     step_values: list[float] = field(default_factory=list)
     advantages: list[float] = field(default_factory=list)
+    rollout: bool = False
 
 
 def group_by_prompt(episodes: list[Episode]) -> list[list[Episode]]:

@@ -277,21 +277,22 @@ class Trainer:
         metrics: dict[str, float] = {"tokens/mc": 0}  # MC rollout tokens: VinePPO's estimator reports its own
         with self.backend.gathered(self.policy.model, self.value_model):  # the ranks generate unequal amounts
             with self.timed("sample", timings):
-                episodes = self.sample(ctx)
+                samples = self.sample(ctx)
+            episodes = list(samples)  # the credit may add episodes to train on (VinePPO's train_rollouts)
             with self.timed("credit", timings):
                 if self.method.credit is not None:
                     metrics.update(self.method.credit(episodes, ctx))
         check_finite(episodes)
         if self.log is not None:
-            shown = episodes[: self.cfg.logging.samples_per_iteration]
+            shown = samples[: self.cfg.logging.samples_per_iteration]
             self.log.log_samples(iteration + 1, [episode_record(e, self.decode) for e in shown])
         with self.timed("update", timings):
             metrics.update(self.method.update(episodes, ctx))
             self.engine.sync_weights()
         catch_up(self.policy.scheduler, (iteration + 1) * self.steps_per_iteration)
         return {
-            **sample_metrics(episodes),
-            **advantage_metrics(episodes),
+            **sample_metrics(samples),
+            **advantage_metrics(samples),
             **metrics,
             **self.grader_metrics(),
             **{f"time/{name}": seconds for name, seconds in timings.items()},

@@ -104,11 +104,12 @@ is any object with a `tokens: TokenBatch`."""
 def minibatch_steps(
     trained: Trained, batches: list, train: TrainConfig, generator: torch.Generator, micro_loss: MicroLoss,
     on_step=None, per_mini_batch: Callable[[list], list] | None = None, rows_per_micro_batch: int | None = None,
+    micro_batches: int | None = None,
 ) -> dict[str, float]:
     """`train.epochs` passes over the rows of `batches` (episodes; DPO+'s pairs) in shuffled order, one clipped
     optimizer step per mini-batch: each epoch draws this rank's share of every mini-batch from the shuffled rows
-    and cuts it into micro-batches of `rows_per_micro_batch` rows (default `train.micro_batch_size`), as the
-    official trainer draws mini-batches from shuffled episodes.
+    and cuts it into `micro_batches` micro-batches (default: `train`'s) of `rows_per_micro_batch` rows (default
+    `train.micro_batch_size`), as the official trainer draws mini-batches from shuffled episodes.
 
     Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses; over
     every rank of a data-parallel run), so accumulating the micro-batch gradients, and summing them over the
@@ -123,7 +124,7 @@ def minibatch_steps(
     and `tokens`: this rank's tokens (prompt + response) through the training forwards and backwards, every epoch
     counted (the cost model of vineppo.bench.cost).
     """
-    per_step = micro_batches_per_step(train)
+    per_step = micro_batches or micro_batches_per_step(train)
     micro = rows_per_micro_batch or train.micro_batch_size
     rows = [row for batch in batches for row in split_rows(batch)]
     rows_per_step = per_step * micro
@@ -172,11 +173,11 @@ def minibatch_steps(
 
 def ppo_update(
     policy: Trained, batches: list[PreparedBatch], algo: AlgoConfig, train: TrainConfig, temperature: float,
-    generator: torch.Generator, on_step=None, whiten: bool = False,
+    generator: torch.Generator, on_step=None, whiten: bool = False, micro_batches: int | None = None,
 ) -> dict[str, float]:
-    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches (with `whiten`
-    under algo.whiten_scope "mini_batch", whitening their advantages per mini-batch; `prepare` whitens the
-    iteration's)."""
+    """`train.epochs` passes of PPO-clip + KL mini-batch steps over the prepared micro-batches, `micro_batches` of
+    them per step (with `whiten` under algo.whiten_scope "mini_batch", whitening their advantages per mini-batch;
+    `prepare` whitens the iteration's)."""
     penalty = kl_penalty(algo)
 
     def micro_loss(trained, b: PreparedBatch, totals: MiniBatchTotals) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -195,14 +196,20 @@ def ppo_update(
         }
 
     per_mini_batch = whitened if whiten and algo.whiten_scope == "mini_batch" else None
-    stats = minibatch_steps(policy, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch)
+    stats = minibatch_steps(
+        policy, batches, train, generator, micro_loss, on_step, per_mini_batch=per_mini_batch,
+        micro_batches=micro_batches,
+    )
     return policy_stats(stats)
 
 
 def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """The PPO family's update: old and reference log-probs at the sampling temperature, then `ppo_update`; and,
-    for a method with a value network (ctx.critic), the value network's epochs over the same micro-batches."""
+    for a method with a value network (ctx.critic), the value network's epochs over the same micro-batches.
+    Rollouts trained as episodes (`Episode.rollout`) join the samples' mini-batches rather than adding steps, so
+    an iteration takes the same optimizer steps (and learning-rate schedule) with them as without."""
     algo, train = ctx.cfg.algo, ctx.cfg.train
+    micro_batches = micro_batches_with_rollouts(episodes, train)
     temperature = ctx.sampling.temperature
     with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
         batches, gap = prepare(
@@ -210,9 +217,10 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
             whiten_advantages=ctx.whiten and algo.whiten_scope == "iteration", device=ctx.device,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
-    with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:
+    with ctx.bars.phase("update", planned_steps(train, len(batches), micro_batches)) as bar:
         stats = ppo_update(
-            ctx.policy, batches, algo, train, temperature, generator, on_step=bar.advance, whiten=ctx.whiten
+            ctx.policy, batches, algo, train, temperature, generator, on_step=bar.advance, whiten=ctx.whiten,
+            micro_batches=micro_batches,
         )
     if ctx.critic is not None:
         with ctx.bars.phase("value update", planned_steps(train, len(batches))) as bar:
@@ -220,9 +228,19 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     return {**stats, **gap}
 
 
-def planned_steps(train: TrainConfig, micro_batches: int) -> int:
-    """Optimizer steps of an update over this many micro-batches (`minibatch_steps`), for its progress bar."""
-    return train.epochs * math.ceil(micro_batches / micro_batches_per_step(train))
+def planned_steps(train: TrainConfig, micro_batches: int, per_step: int | None = None) -> int:
+    """Optimizer steps of an update over this many micro-batches, `per_step` of them a step (default: `train`'s;
+    `minibatch_steps`), for its progress bar."""
+    return train.epochs * math.ceil(micro_batches / (per_step or micro_batches_per_step(train)))
+
+
+def micro_batches_with_rollouts(episodes: list[Episode], train: TrainConfig) -> int:
+    """Micro-batches of this rank per optimizer step when the episodes include trained rollouts: `train`'s, times
+    all episodes over the samples (summed over the ranks, a collective), so that the steps stay those of the
+    samples alone."""
+    counts = torch.tensor([len(episodes), sum(not e.rollout for e in episodes)], dtype=torch.float64)
+    rows, samples = distributed.sum_over_ranks(counts).tolist()
+    return math.ceil(micro_batches_per_step(train) * rows / max(samples, 1.0))
 
 
 def policy_stats(stats: dict[str, float]) -> dict[str, float]:

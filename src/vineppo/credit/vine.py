@@ -15,13 +15,16 @@ learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
-instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through; and
-`k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`).
+instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through;
+`k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`); and
+`train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -152,9 +155,10 @@ def rollout_shares(
 
 
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
-    """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings; return
-    the rollouts' metrics: the states rolled out, the tokens they generated, the share with no parseable answer
-    and the share of the paper's K-per-state rollouts not sampled (`value/mc_saved`)."""
+    """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings, and
+    append the rollouts it trains on (`train_rollouts`) to `episodes`; return the rollouts' metrics: the states
+    rolled out, the tokens they generated, the share with no parseable answer, the share of the paper's
+    K-per-state rollouts not sampled (`value/mc_saved`) and the number trained on (`value/rollouts_trained`)."""
     options = ctx.cfg.algo.vineppo
     token_texts = TokenTexts(ctx.decode)
     estimated = []
@@ -174,13 +178,49 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         episode.step_values = [b.value(state_rewards) for b in boundaries] + [episode.reward] * unestimated
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
+    trained = rollout_episodes(
+        episodes, plan.states, sampled.rollouts, options.train_rollouts, random.Random(ctx.seed)
+    )
+    episodes.extend(trained)
     rolled = sum(plan.rollouts)
     return {
         "value/states": len(plan.states),
         "tokens/mc": sampled.tokens,
         "value/mc_unparsed": sampled.unparsed / max(1, rolled),
         "value/mc_saved": 1 - rolled / max(1, plan.plain_rollouts),
+        "value/rollouts_trained": len(trained),
     }
+
+
+def rollout_episodes(
+    samples: Sequence[Episode], states: Sequence[State], rollouts: Sequence[Sequence[Rollout]], share: float,
+    rng: random.Random,
+) -> list[Episode]:
+    """`share` of all the rollouts (chosen by `rng`, never by reward) as episodes to train on: rollout j of state s
+    is a response to the prompt + s's response tokens, and every token of it gets R_j - b_j, where b_j is the
+    mean reward of s's other children: its other rollouts and the samples whose responses pass through s (each
+    an independent continuation of s, so b_j is independent of rollout j and the advantage's mean is
+    Q - V(s)). No per-state std scaling: a state whose children agree gives its rollouts advantage 0."""
+    chosen = rng.sample([(s, j) for s, group in enumerate(rollouts) for j in range(len(group))],
+                        round(share * sum(map(len, rollouts))))
+    by_prompt: dict[tuple[int, ...], list[Episode]] = defaultdict(list)
+    for sample in samples:
+        by_prompt[tuple(sample.prompt_ids)].append(sample)
+    out = []
+    for s, j in sorted(chosen):
+        prefix = states[s].response_ids
+        through = [e for e in by_prompt[tuple(states[s].prompt_ids)] if e.response_ids[: len(prefix)] == prefix]
+        children = [r.reward for r in rollouts[s]] + [e.reward for e in through]
+        own = rollouts[s][j]
+        baseline = (sum(children) - own.reward) / (len(children) - 1)
+        completion = own.completion
+        out.append(Episode(
+            prompt_index=through[0].prompt_index, problem=states[s].problem, prompt_ids=states[s].tokens,
+            response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
+            finish_reason=completion.finish_reason, reward=own.reward, parsed=own.grade.parsed, step_starts=[0],
+            step_values=[baseline], advantages=[own.reward - baseline] * len(completion.token_ids), rollout=True,
+        ))
+    return out
 
 
 def rollout_counts(
