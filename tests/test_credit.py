@@ -464,3 +464,27 @@ def test_training_on_rollouts_weights_each_state_by_its_rollouts_and_the_chance_
                 exact += k * (1 - (1 - reached) ** n) * value_gradient(sum(flips), depth, line)
         assert abs(mean[line].item() - exact) < 4.5 * stderr[line].item(), (line, mean[line].item(), exact)
         assert abs(naive - exact) > 8 * stderr[line].item(), (line, naive, exact)
+
+
+def test_skipping_agreeing_groups_values_and_trains_only_the_prompts_whose_samples_disagree():
+    """skip_agreeing_groups: a prompt whose 2 samples both failed is neither rolled out nor trained on (advantage 0
+    on every token, removed from the list to train on); the mixed prompt is valued as without the option; a lone
+    sample is not a group that agrees."""
+    engine = CoinEngine()
+    mixed = [make_episode(f) for f in ([True, True, False], [False, False, False])]  # 1, 0
+    failed = [make_episode(f, prompt_index=1) for f in ([False, False, False], [False, True, False])]
+    lone = make_episode([False, False, False], prompt_index=2)
+    for episode in failed:
+        episode.prompt_ids = [3]
+    lone.prompt_ids = [1]
+    samples = [*mixed, *failed, lone]
+    episodes = list(samples)
+    metrics = vine(episodes, engine, CoinTask(), decode, k=2, generator=torch.Generator().manual_seed(0),
+                   max_value_steps=None, skip_agreeing_groups=True)
+    assert episodes == [*mixed, lone]
+    assert metrics["value/skipped"] == pytest.approx(2 / 5)
+    (prefixes,) = engine.calls
+    assert all(p[0] in (1, 2) for p in prefixes)  # nothing of the failed prompt is rolled out
+    for episode in failed:
+        assert episode.advantages == [0.0] * len(episode.response_ids)
+    assert len(mixed[0].step_values) == len(lone.step_values) == 3

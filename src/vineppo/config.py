@@ -280,6 +280,11 @@ class VinePPOOptions(_Section):
     weighting of states (docs/algorithms.md: not the gradient of the objective, an ascent direction that weights
     deeper and rarer states more); tree rollouts as in SPO-tree (arXiv 2505.23564) and TreeRL (2506.11902).
     0: the paper (rollouts only value states). A departure (issue 17), off by default."""
+    skip_agreeing_groups: bool = False
+    """Neither value nor train the samples of a prompt whose samples this iteration all got the same reward (GRPO
+    gives them advantage 0): no MC rollouts for them, and they leave the update (so the iteration may take fewer
+    optimizer steps, caught up in the schedule as RestEM's). Biased (docs/algorithms.md): a failed response can
+    still hold steps that raised its value, which VinePPO would credit. A departure (issue 17), off by default."""
 
 
 class PPOOptions(_Section):

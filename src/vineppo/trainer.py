@@ -115,9 +115,9 @@ def linear_warmup_decay(optimizer, warmup_steps: int, total_steps: int):
 
 def catch_up(scheduler, step: int) -> None:
     """Advance the schedule to `step` optimizer steps. RestEM and DPO+ train on a varying share of an iteration's
-    samples (the correct ones, the pairs), so they take at most the PPO family's steps per iteration; catching up
-    at the end of each iteration keeps their learning rate on the run's schedule in iterations. A no-op for the
-    PPO family."""
+    samples (the correct ones, the pairs), and VinePPO with `skip_agreeing_groups` on the prompts it keeps, so they
+    take at most the PPO family's steps per iteration; catching up at the end of each iteration keeps their
+    learning rate on the run's schedule in iterations. A no-op for the rest of the PPO family."""
     with warnings.catch_warnings():
         # an iteration with nothing to train on (no correct sample, no pair) before any optimizer step ever
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")

@@ -17,7 +17,8 @@ Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is 
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
 instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through;
 `k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`); and
-`train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`).
+`train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`); and
+`skip_agreeing_groups` (biased) drops the prompts whose samples all agree.
 """
 
 from __future__ import annotations
@@ -156,10 +157,19 @@ def rollout_shares(
 
 def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """Fill `step_starts`, `step_values` and `advantages` of every episode with `algo.vineppo`'s settings, and
-    append the rollouts it trains on (`train_rollouts`) to `episodes`; return the rollouts' metrics: the states
-    rolled out, the tokens they generated, the share with no parseable answer, the share of the paper's
-    K-per-state rollouts not sampled (`value/mc_saved`) and the number trained on (`value/rollouts_trained`)."""
+    append the rollouts it trains on (`train_rollouts`) to `episodes`, or remove the samples it skips
+    (`skip_agreeing_groups`: their advantages 0, as GRPO's); return the rollouts' metrics: the states rolled out,
+    the tokens they generated, the share with no parseable answer, the share of the paper's K-per-state rollouts
+    not sampled (`value/mc_saved`, of the states of the samples valued), the number trained on
+    (`value/rollouts_trained`) and the share of samples skipped (`value/skipped`)."""
     options = ctx.cfg.algo.vineppo
+    skipped = agreeing_groups(episodes) if options.skip_agreeing_groups else []
+    for episode in skipped:
+        episode.step_starts, episode.step_values = [0], [episode.reward]
+        episode.advantages = [0.0] * len(episode.response_ids)
+    samples = len(episodes)
+    skipped_ids = {id(e) for e in skipped}
+    episodes[:] = [e for e in episodes if id(e) not in skipped_ids]
     token_texts = TokenTexts(ctx.decode)
     estimated = []
     for episode in episodes:
@@ -189,7 +199,14 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         "value/mc_unparsed": sampled.unparsed / max(1, rolled),
         "value/mc_saved": 1 - rolled / max(1, plan.plain_rollouts),
         "value/rollouts_trained": len(trained),
+        "value/skipped": len(skipped) / max(1, samples),
     }
+
+
+def agreeing_groups(episodes: Sequence[Episode]) -> list[Episode]:
+    """The samples of every prompt with two or more samples that all got the same reward."""
+    return [e for group in group_by_prompt(list(episodes)) if len(group) > 1 and len({x.reward for x in group}) == 1
+            for e in group]
 
 
 def rollout_episodes(
