@@ -278,7 +278,7 @@ class Trainer:
         with self.backend.gathered(self.policy.model, self.value_model):  # the ranks generate unequal amounts
             with self.timed("sample", timings):
                 samples = self.sample(ctx)
-            episodes = list(samples)  # the credit may add episodes to train on (VinePPO's train_rollouts)
+            episodes = list(samples)  # to train on: the credit may add or drop some (VinePPO's options)
             with self.timed("credit", timings):
                 if self.method.credit is not None:
                     metrics.update(self.method.credit(episodes, ctx))

@@ -16,7 +16,7 @@ learning nothing.
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
 instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through;
-`k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`); and
+`k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`);
 `train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`); and
 `skip_agreeing_groups` (biased) drops the prompts whose samples all agree.
 """
