@@ -104,5 +104,7 @@ def test_group_runs_differ_from_vineppo_only_in_credit(algorithm_runs, name):
     assert group[0]["eval/accuracy"] == vine[0]["eval/accuracy"]
     for key in ("train/reward", "tokens/policy", "train/truncated", "train/unparsed"):
         assert first[key] == vine[1][key], key
-    assert set(vine[1]) - set(first) == {"value/mc_unparsed", "value/mc_saved", "value/rollouts_trained"}
+    assert set(vine[1]) - set(first) == {
+        "value/mc_unparsed", "value/mc_saved", "value/rollouts_trained", "value/skipped"
+    }
     assert set(first) - set(vine[1]) == {"value/equal_reward_groups"}
