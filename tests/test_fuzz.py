@@ -82,5 +82,6 @@ def test_the_math_grader_gives_0_or_1_within_its_time_limit(math_grader, respons
     started = time.perf_counter()
     grade = math_grader.grade(response, gold)
     assert grade.reward in (0.0, 1.0) and (grade.parsed or grade.reward == 0.0)
-    # the limit, plus killing a worker and starting another on a busy machine (up to 8.5 s seen: test_grading.py)
-    assert time.perf_counter() - started < MATH_GRADER_LIMIT_S + 20.0
+    # the limit, plus killing a worker and starting another on a busy machine (up to 8.5 s seen: test_grading.py;
+    # over 22 s once, with this suite at low priority beside a 2-thread training job): a hang still fails it
+    assert time.perf_counter() - started < MATH_GRADER_LIMIT_S + 60.0
