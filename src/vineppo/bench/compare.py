@@ -4,8 +4,8 @@
 Every run uses the same config (by default the quickstart's task, SFT model, engine, prompts and samples per
 iteration and update settings; `config_paths` and `overrides` change it for all runs alike) except `algo.name`,
 for the K ablation `algo.vineppo.k`, a variant's own overrides (`--variant`), and `train.seed`: seed s changes the
-RL sampling and the order of the training prompts, while the SFT model (its own `model.tiny.sft.seed`, or `model.path`) stays the one shared
-starting point. Each run gets the same budget of training seconds (sampling + credit + update; evaluation is not
+RL sampling and the order of the training prompts, while the SFT model (its own `model.tiny.sft.seed`, or
+`model.path`) stays the one shared starting point. Each run gets the same budget of training seconds (sampling + credit + update; evaluation is not
 counted), and test accuracy is measured every `eval_seconds` of training time: greedy, or the mean accuracy of
 several samples per problem at a temperature (the paper: 16 at T = 0.35).
 

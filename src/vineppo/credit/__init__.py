@@ -3,7 +3,8 @@
 Every estimator has one signature, `credit(episodes, ctx) -> metrics`: it fills each episode's `advantages`,
 `step_starts` and `step_values` (its value estimate at each step boundary, for the `value/*` metrics and the
 report) and returns its own metrics. It may change the list to train on: VinePPO appends rollouts as episodes
-(`Episode.rollout`, `train_rollouts`) and drops the samples it skips (`skip_agreeing_groups`). The method table (vineppo.algorithms) names one per method:
+(`Episode.rollout`, `train_rollouts`) and drops the samples it skips (`skip_agreeing_groups`). The method table
+(vineppo.algorithms) names one per method:
 - vine.py, "vineppo": Monte Carlo values at every step boundary, per-step TD advantages;
 - group.py, "grpo", "rloo": critic-free group baselines over the samples of one prompt;
 - critic.py + gae.py, "ppo": a learned value network and token-level GAE.

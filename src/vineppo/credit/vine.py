@@ -223,16 +223,19 @@ def rollout_episodes(
     by_prompt: dict[tuple[int, ...], list[Episode]] = defaultdict(list)
     for sample in samples:
         by_prompt[tuple(sample.prompt_ids)].append(sample)
+    through = {  # per state with a chosen rollout, the samples through it
+        s: [e for e in by_prompt[tuple(states[s].prompt_ids)]
+            if e.response_ids[: len(states[s].response_ids)] == states[s].response_ids]
+        for s in {s for s, _ in chosen}
+    }
     out = []
     for s, j in sorted(chosen):
-        prefix = states[s].response_ids
-        through = [e for e in by_prompt[tuple(states[s].prompt_ids)] if e.response_ids[: len(prefix)] == prefix]
-        children = [r.reward for r in rollouts[s]] + [e.reward for e in through]
+        children = [r.reward for r in rollouts[s]] + [e.reward for e in through[s]]
         own = rollouts[s][j]
         baseline = (sum(children) - own.reward) / (len(children) - 1)
         completion = own.completion
         out.append(Episode(
-            prompt_index=through[0].prompt_index, problem=states[s].problem, prompt_ids=states[s].tokens,
+            prompt_index=through[s][0].prompt_index, problem=states[s].problem, prompt_ids=states[s].tokens,
             response_ids=completion.token_ids, sample_logprobs=completion.logprobs,
             finish_reason=completion.finish_reason, reward=own.reward, parsed=own.grade.parsed, step_starts=[0],
             step_values=[baseline], advantages=[own.reward - baseline] * len(completion.token_ids), rollout=True,
