@@ -9,9 +9,13 @@ max_new_tokens minus the response tokens already in the prefix, as in training).
   (c) ceiling  the bare model: the same groups, one prefix forward and the same one-token KV-cached forwards as
                (b) ran, with as many rows each (the engine drops finished rows), with no sampling or bookkeeping
 
-It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS.
+It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS. With
+`--uneven`, it also times uneven rollout counts (as `k_allocation: group_spread` asks for: here each prefix's count
+drawn uniformly from 1..2K-1, seeded) through the engine as one call with per-prefix counts against one call per
+distinct count, and prints the ratio.
 
-    python benchmarks/rollout_engine.py [--k 3 9] [--prompts 32] [--samples 4] [--repeats 3] [--profile] [key=value ...]
+    python benchmarks/rollout_engine.py [--config configs/forks.yaml] [--k 3 9] [--prompts 32] [--samples 4]
+        [--repeats 3] [--profile] [--uneven] [key=value ...]
 
 The model and task are the config's (default: the quickstart's SFT tiny model on arithmetic); for SmolLM2-135M on
 GSM8K, e.g.:
@@ -91,16 +95,17 @@ def forward_batches(model, run):
 def ceiling(model, engine, prefixes, k, batches: list[list[int]]) -> None:
     """For each of the engine's groups: the prefix forward, then one-token KV-cached forwards with the engine's row
     counts (`batches`, as `forward_batches` recorded them), nothing else."""
-    for (indices, repeats, _), rows in zip(engine._plan(prefixes, k), batches):
+    for (indices, repeats, _), rows in zip(engine._plan(prefixes, [k] * len(prefixes)), batches):
         group = [prefixes[i] for i in indices]
         width = max(map(len, group))
         ids = torch.tensor([[engine.pad_token_id] * (width - len(p)) + p for p in group])
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in group])[:, None]).long()
         cache = DynamicCache(config=model.config)
         model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1, **{engine._cache_kwarg: cache})
-        cache.batch_repeat_interleave(repeats)
+        sample_rows = torch.repeat_interleave(torch.arange(len(group)), torch.tensor(repeats))
+        cache.batch_select_indices(sample_rows)
         grow_in_place(cache, width + len(rows))  # the same preallocated cache as the engine's
-        mask = mask.repeat_interleave(repeats, 0)
+        mask = mask[sample_rows]
         positions = mask.sum(-1, keepdim=True)
         for count in rows[1:]:
             if count < mask.shape[0]:  # the engine dropped finished rows here
@@ -114,6 +119,39 @@ def ceiling(model, engine, prefixes, k, batches: list[list[int]]) -> None:
             positions = positions + 1
 
 
+def uneven_counts(engine, prefixes, budgets, k, params, repeats: int) -> dict:
+    """Seconds (best of `repeats`, interleaved) to sample uneven counts per prefix in one engine call and in one
+    call per distinct count, and the tokens each generated."""
+    draws = torch.randint(0, 2 * k - 1, (len(prefixes),), generator=torch.Generator().manual_seed(3))
+    counts = [1 + int(c) for c in draws]
+
+    def one_call() -> int:
+        groups = engine.generate(prefixes, counts, params, generator=torch.Generator().manual_seed(1), budgets=budgets)
+        return sum(len(c.token_ids) for group in groups for c in group)
+
+    def per_count_calls() -> int:
+        tokens = 0
+        for count in sorted(set(counts)):
+            chosen = [i for i, c in enumerate(counts) if c == count]
+            groups = engine.generate([prefixes[i] for i in chosen], count, params,
+                                     generator=torch.Generator().manual_seed(1), budgets=[budgets[i] for i in chosen])
+            tokens += sum(len(c.token_ids) for group in groups for c in group)
+        return tokens
+
+    best, tokens = {}, {}
+    for _ in range(repeats):
+        for name, run in (("one_call", one_call), ("per_count_calls", per_count_calls)):
+            started = time.perf_counter()
+            tokens[name] = run()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - started)
+    return {
+        "k": k, "uneven_rollouts": sum(counts), "tokens": tokens,
+        "seconds": {name: round(seconds, 2) for name, seconds in best.items()},
+        "one_call_tokens_per_s_over_per_count_calls": round(
+            (tokens["one_call"] / best["one_call"]) / (tokens["per_count_calls"] / best["per_count_calls"]), 2),
+    }
+
+
 def profile_engine(engine, prefixes, budgets, k, params, rows: int = 12) -> None:
     """The ops that take the most CPU time in one engine call, as torch.profiler's table."""
     from torch.profiler import ProfilerActivity, profile
@@ -125,16 +163,19 @@ def profile_engine(engine, prefixes, budgets, k, params, rows: int = 12) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="a config file (default: the defaults), e.g. configs/forks.yaml")
     parser.add_argument("--k", type=int, nargs="+", default=[3, 9])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true",
                         help="also print where one engine call spends its time (torch.profiler, top ops)")
+    parser.add_argument("--uneven", action="store_true",
+                        help="also time uneven counts per prefix: one engine call against one per distinct count")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=smollm2-135m-instruct")
     args = parser.parse_args()
 
-    cfg = load_config(None, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     path = ensure_sft_model(cfg) if cfg.model.path == "tiny" else resolve_model_source(cfg.model.path)
     tokenizer = load_tokenizer(path)
     model = load_model(path).eval()
@@ -175,6 +216,8 @@ def main() -> None:
             "seconds": {"naive": round(naive_s, 2), "engine": round(engine_s, 2), "ceiling": round(ceiling_s, 2)},
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }))
+        if args.uneven:
+            print(json.dumps(uneven_counts(engine, prefixes, budgets, k, params, args.repeats)))
 
 
 if __name__ == "__main__":

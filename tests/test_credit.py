@@ -8,7 +8,7 @@ import torch
 from vineppo.config import AlgoConfig, Config, VinePPOOptions
 from vineppo.context import Context
 from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
-from vineppo.engine.base import Completion, SamplingParams
+from vineppo.engine.base import Completion, SamplingParams, sample_counts
 from vineppo.episodes import Episode
 from vineppo.tasks.base import Grade, Problem
 from fakes import FakeTaskBase
@@ -43,17 +43,17 @@ class CoinEngine:
 
     def __init__(self):
         self.calls = []
-        self.counts = []  # n of each call
+        self.counts = []  # per call, the samples asked of each prefix
 
     def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
         self.calls.append([list(p) for p in prefixes])
-        self.counts.append(n)
+        self.counts.append(sample_counts(prefixes, n))
         self.budgets = budgets
         out = []
-        for prefix in prefixes:
+        for prefix, count in zip(prefixes, self.counts[-1]):
             done_lines = decode(prefix[1:]).count("\n")
             rows = []
-            for _ in range(n):
+            for _ in range(count):
                 ids = []
                 for _ in range(LINES - done_lines):
                     heads = torch.rand((), generator=generator).item() < P_HEADS
@@ -168,7 +168,7 @@ class EosEngine:
 
     def generate(self, prefixes, n, params, generator=None, on_progress=None, budgets=None):
         self.calls.append(prefixes)
-        return [[Completion([2], [0.0], "stop") for _ in range(n)] for _ in prefixes]
+        return [[Completion([2], [0.0], "stop") for _ in range(count)] for count in sample_counts(prefixes, n)]
 
 
 @pytest.mark.parametrize("after_value_cap", ["zero", "merge"])
@@ -221,7 +221,8 @@ class ScriptEngine:
         from vineppo.engine.base import end_at_stop_string
 
         out = []
-        for prefix, budget in zip(prefixes, budgets or [params.max_new_tokens] * len(prefixes)):
+        counts, budgets = sample_counts(prefixes, n), budgets or [params.max_new_tokens] * len(prefixes)
+        for prefix, budget, count in zip(prefixes, budgets, counts):
             start = len("".join(script_texts(prefix[1:])))  # prefix[0] is the prompt
             ids, reason = [], "length"
             for char in SCRIPT[start : start + budget]:
@@ -230,7 +231,7 @@ class ScriptEngine:
                     reason = "stop"
                     break
             completion = Completion(ids, [0.0] * len(ids), reason)
-            out.append([end_at_stop_string(completion, params.stop, script_texts, SCRIPT_EOS)] * n)
+            out.append([end_at_stop_string(completion, params.stop, script_texts, SCRIPT_EOS)] * count)
         return out
 
 
@@ -353,8 +354,9 @@ def test_reused_siblings_replace_rollouts_by_hand():
     assert group[0].step_values[2] == 1.0  # "H\nH\n": 2 heads already, 2 rollouts of its own
     assert group[1].step_values[1] in (0.0, 0.5, 1.0)  # "T\n", alone: the mean of 2 rollouts
     assert group[1].step_values[2] == 0.0  # "T\nT\n": 2 heads out of reach
-    # one call per rollout count: 2 rollouts of "T\n", "H\nH\n", "T\nT\n"; 1 of "H\nT\n"
-    assert sorted(map(len, engine.calls)) == [1, 3]
+    # one call: 2 rollouts of "T\n", "H\nH\n", "T\nT\n"; 1 of "H\nT\n"
+    (call,), (counts,) = engine.calls, engine.counts
+    assert sorted(counts) == [1, 2, 2, 2] and len(call) == 4
     assert metrics["value/states"] == 4
     assert metrics["value/mc_saved"] == pytest.approx(1 - 7 / 12)  # 6 unique states x K = 12 without reuse
     for episode in group:
@@ -373,8 +375,9 @@ def test_group_spread_shares_the_rollouts_by_the_groups_reward_spread_by_hand():
         episode.prompt_ids = [3]  # another prompt, so its states ("", "T", "TT") are its own
     metrics = vine([*mixed, *failed], engine, CoinTask(), decode, k=3, generator=torch.Generator().manual_seed(0),
                    max_value_steps=None, k_allocation="group_spread")
-    rolled = {n: sorted(tuple(p) for p in call) for n, call in zip(engine.counts, engine.calls)}
-    assert rolled[1] == [(3,), (3, 1, 2), (3, 1, 2, 1, 2)]
+    (call,), (counts,) = engine.calls, engine.counts  # one engine call, uneven counts
+    rolled = {n: sorted(tuple(p) for p, c in zip(call, counts) if c == n) for n in set(counts)}
+    assert set(rolled) == {1, 4} and rolled[1] == [(3,), (3, 1, 2), (3, 1, 2, 1, 2)]
     assert len(rolled[4]) == 6 and all(p[0] == 2 for p in rolled[4])
     assert metrics["value/states"] == 9
     assert metrics["value/mc_saved"] == pytest.approx(0.0)  # the same 27 rollouts, shared differently

@@ -202,6 +202,39 @@ def test_small_batches_and_split_samples_give_the_same_greedy_results(model: Lla
                 assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 
 
+def test_per_prefix_counts_in_one_call_give_what_separate_calls_give(model: LlamaForCausalLM) -> None:
+    """Uneven counts (as `k_allocation: group_spread` asks) go through one call; greedy rows match the same prefix
+    asked alone, and their log-probs a full forward pass's, whatever the grouping (batch sizes 2 and 5 split or
+    pack the counts)."""
+    counts = [3, 1, 5, 2]
+    params = SamplingParams(temperature=0.0, max_new_tokens=10)
+    alone = [engine(model).generate([p], 1, params)[0][0] for p in PREFIXES]
+    for batch_size in (2, 5, 64):
+        together = engine(model, batch_size=batch_size).generate(PREFIXES, counts, params)
+        assert [len(samples) for samples in together] == counts
+        for reference, samples in zip(alone, together):
+            for c in samples:
+                assert (c.token_ids, c.finish_reason) == (reference.token_ids, reference.finish_reason)
+                assert c.logprobs == pytest.approx(reference.logprobs, abs=1e-4)
+    sampled = engine(model).generate(PREFIXES, counts, SamplingParams(1.0, max_new_tokens=10), seeded(2))
+    assert [len(samples) for samples in sampled] == counts
+    assert len({tuple(c.token_ids) for c in sampled[2]}) > 1  # each row its own draws
+    with pytest.raises(ValueError, match="got 3 sample counts for 4 prefixes"):
+        engine(model).generate(PREFIXES, counts[:3], params)
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        engine(model).generate(PREFIXES, [1, 0, 1, 1], params)
+
+
+def test_groups_pack_uneven_counts_into_the_batch(model: LlamaForCausalLM) -> None:
+    """(prefix indices by length, samples of each, prefixes completed): a group holds at most batch_size rows, and
+    a prefix asked for more is split over groups of its own; one count for all packs batch_size // n per group."""
+    lengths = [[1] * n for n in (3, 7, 2, 5, 4)]  # sorted by length: prefixes 2, 0, 4, 3, 1
+    assert engine(model, batch_size=6)._plan(lengths, [2, 3, 4, 9, 1]) == [
+        ([2, 0], [4, 2], 2), ([4], [1], 1), ([3], [6], 0), ([3], [3], 1), ([1], [3], 1),
+    ]
+    assert engine(model, batch_size=6)._plan(lengths, [2] * 5) == [([2, 0, 4], [2, 2, 2], 3), ([3, 1], [2, 2], 2)]
+
+
 def test_too_long_prefix_raises_a_clear_error(model: LlamaForCausalLM) -> None:
     eng = engine(model)
     assert eng.max_context == 128

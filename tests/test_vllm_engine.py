@@ -87,6 +87,11 @@ def test_requests_carry_the_sampling_settings_and_completions_their_log_probs(sf
     assert differs_from_unprocessed > 0  # the test can tell vLLM's log-probs from the HF engine's
     assert ended_on_stop > 0
 
+    uneven = engine.generate(prefixes, [2, 5], params, generator=torch.Generator().manual_seed(1))
+    sent = [p for _, p in llm.requests[-2:]]
+    assert [p.n for p in sent] == [2, 5] and [len(group) for group in uneven] == [2, 5]
+    assert sent[1].seed == sent[0].seed + 2  # past the seeds of the first request's 2 samples
+
 
 def test_sync_weights_loads_the_policys_weights_in_place_and_drops_the_prefix_cache(sft_model, with_fake_vllm):
     engine, policy, _ = engine_on(sft_model)

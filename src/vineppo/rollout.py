@@ -51,13 +51,13 @@ def rollout(
     task: Task,
     decode: Callable[[list[int]], str],
     states: Sequence[State],
-    n: int,
+    n: int | Sequence[int],
     params: SamplingParams,
     generator: torch.Generator | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[list[Rollout]]:
-    """`n` graded rollouts of every state, in one engine call and one grading call (which keeps the GSM8K and
-    MATH graders' worker processes busy)."""
+    """`n` graded rollouts of every state (or `n[i]` of state i), in one engine call and one grading call (which
+    keeps the GSM8K and MATH graders' worker processes busy)."""
     budgets = [params.max_new_tokens - len(s.response_ids) for s in states]
     completions = engine.generate(
         [s.tokens for s in states], n, params, generator=generator, on_progress=on_progress, budgets=budgets
@@ -67,8 +67,8 @@ def rollout(
         task, [s.problem for s, _ in flat], [decode(s.response_ids + c.token_ids) for s, c in flat],
         [c.finish_reason for _, c in flat],
     )
-    graded = [Rollout(c, g) for (_, c), g in zip(flat, grades)]
-    return [graded[i * n : (i + 1) * n] for i in range(len(states))]
+    graded = iter(Rollout(c, g) for (_, c), g in zip(flat, grades))
+    return [[next(graded) for _ in group] for group in completions]
 
 
 def sample_episodes(

@@ -179,7 +179,7 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     plan = plan_values(episodes, estimated, options)
 
     with ctx.bars.phase("MC rollouts", len(plan.states)) as bar:
-        sampled = MCValues(rollout_counts(
+        sampled = MCValues(rollout(
             ctx.engine, ctx.task, ctx.decode, plan.states, plan.rollouts, ctx.sampling, ctx.generator, bar.advance
         ))
     state_rewards = [[r.reward for r in rollouts] for rollouts in sampled.rollouts]
@@ -241,26 +241,6 @@ def rollout_episodes(
             step_values=[baseline], advantages=[own.reward - baseline] * len(completion.token_ids), rollout=True,
         ))
     return out
-
-
-def rollout_counts(
-    engine: Engine,
-    task: Task,
-    decode: Callable[[list[int]], str],
-    states: Sequence[State],
-    counts: Sequence[int],
-    params: SamplingParams,
-    generator: torch.Generator | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[list[Rollout]]:
-    """`counts[i]` graded rollouts of `states[i]`: one engine call per distinct count (one in all for plain MC)."""
-    sampled: list[list[Rollout]] = [[] for _ in states]
-    for count in sorted(set(counts)):
-        chosen = [i for i, c in enumerate(counts) if c == count]
-        graded = rollout(engine, task, decode, [states[i] for i in chosen], count, params, generator, on_progress)
-        for i, rollouts in zip(chosen, graded):
-            sampled[i] = rollouts
-    return sampled
 
 
 @dataclass

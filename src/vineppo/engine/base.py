@@ -74,15 +74,23 @@ def end_at_stop_string(
     return Completion(completion.token_ids[:kept] + [eos_token_id], completion.logprobs[:kept] + [0.0], "stop")
 
 
+def sample_counts(prefixes: Sequence[Sequence[int]], n: int | Sequence[int]) -> list[int]:
+    """The samples an `Engine.generate` call asks of each prefix: `n` of every one, or `n[i]` of prefix i."""
+    counts = [n] * len(prefixes) if isinstance(n, int) else list(n)
+    if len(counts) != len(prefixes):
+        raise ValueError(f"got {len(counts)} sample counts for {len(prefixes)} prefixes")
+    if any(count < 1 for count in counts):
+        raise ValueError(f"n must be >= 1, got {min(counts)}")
+    return counts
+
+
 def checked_budgets(
-    prefixes: Sequence[Sequence[int]], n: int, params: SamplingParams, budgets: Sequence[int] | None,
+    prefixes: Sequence[Sequence[int]], params: SamplingParams, budgets: Sequence[int] | None,
     context: int | None, context_name: str,
 ) -> list[int]:
     """Validate an `Engine.generate` call and return each prefix's cap on new tokens: `budgets` if given (each in
     1..max_new_tokens), else max_new_tokens. A prefix that, with its budget, would run past `context` (the
     engine's longest sequence, called `context_name` in the message; None: unknown) raises ContextLengthError."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     if params.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
     if budgets is None:
@@ -110,15 +118,16 @@ class Engine(Protocol):
     def generate(
         self,
         prefixes: Sequence[Sequence[int]],
-        n: int,
+        n: int | Sequence[int],
         params: SamplingParams,
         generator: torch.Generator | None = None,
         on_progress: ProgressCallback | None = None,
         budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
+        """Sample `n` continuations of every prefix (or `n[i]` of prefix i); result[i][j] is the j-th continuation
+        of prefixes[i].
 
-        The shared prefix is computed once and its KV cache expanded to the n samples. `budgets[i]` (at most
+        The shared prefix is computed once and its KV cache expanded to its samples. `budgets[i]` (at most
         params.max_new_tokens) caps the new tokens of prefix i; VinePPO gives a step prefix holding j response
         tokens max_new_tokens - j, so an MC rollout is cut off exactly where the full response would have been.
         """

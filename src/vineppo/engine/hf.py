@@ -14,7 +14,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string
+from vineppo.engine.base import (
+    Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string, sample_counts,
+)
 from vineppo.steps import TokenTexts
 
 
@@ -25,8 +27,8 @@ class HFEngine:
     the trainer's forward pass recomputes. Sampling itself uses the top-p-truncated distribution, so with top_p < 1
     the recorded log-prob of a token is lower than the log-prob of the distribution it was actually drawn from.
 
-    Rows are grouped so that (prefixes in a group) * (samples per prefix) <= `batch_size`; a prefix with
-    n > batch_size has its samples split over several groups. Results with a fixed `torch.Generator` are
+    Rows are grouped so that the samples of the prefixes in a group add up to at most `batch_size`; a prefix asked
+    for more than `batch_size` samples has them split over several groups. Results with a fixed `torch.Generator` are
     reproducible for the same inputs and batch size (the grouping decides which random numbers go to which row).
     """
 
@@ -67,62 +69,69 @@ class HFEngine:
     def generate(
         self,
         prefixes: Sequence[Sequence[int]],
-        n: int,
+        n: int | Sequence[int],
         params: SamplingParams,
         generator: torch.Generator | None = None,
         on_progress: ProgressCallback | None = None,
         budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Sample `n` continuations of every prefix; result[i][j] is the j-th continuation of prefixes[i].
+        """Sample `n` continuations of every prefix (or `n[i]` of prefix i); result[i][j] is the j-th continuation
+        of prefixes[i].
 
         `generator` must live on the model's device (torch.multinomial requires it).
         """
-        budgets = checked_budgets(
-            prefixes, n, params, budgets, self.max_context, "the model's max_position_embeddings"
-        )
+        counts = sample_counts(prefixes, n)
+        budgets = checked_budgets(prefixes, params, budgets, self.max_context, "the model's max_position_embeddings")
         results: list[list[Completion]] = [[] for _ in prefixes]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                for indices, repeats, finished in self._plan(prefixes, n):
-                    completions = self._generate_group(
+                for indices, repeats, finished in self._plan(prefixes, counts):
+                    completions = iter(self._generate_group(
                         [prefixes[i] for i in indices], [budgets[i] for i in indices], repeats, params, generator
-                    )
-                    for k, i in enumerate(indices):
-                        results[i].extend(completions[k * repeats : (k + 1) * repeats])
+                    ))
+                    for i, repeat in zip(indices, repeats):
+                        results[i].extend(next(completions) for _ in range(repeat))
                     if on_progress is not None:
                         on_progress(finished)
         finally:
             self.model.train(was_training)
         return results
 
-    def _plan(self, prefixes: Sequence[Sequence[int]], n: int) -> list[tuple[list[int], int, int]]:
-        """Groups as (prefix indices, samples per prefix, prefixes completed by this group), sorted by length.
+    def _plan(self, prefixes: Sequence[Sequence[int]], counts: Sequence[int]) -> list[tuple[list[int], list[int], int]]:
+        """Groups as (prefix indices, samples of each, prefixes completed by this group), sorted by length.
 
-        Sorting puts prefixes of similar length together, so left padding wastes little compute.
+        Sorting puts prefixes of similar length together, so left padding wastes little compute. Prefixes join a
+        group while its samples fit in `batch_size` rows; one asked for more samples than rows has them split over
+        groups of its own (its forward pass is then repeated per group).
         """
-        order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
-        if n <= self.batch_size:
-            per_group = self.batch_size // n
-            chunks = [order[s : s + per_group] for s in range(0, len(order), per_group)]
-            return [(chunk, n, len(chunk)) for chunk in chunks]
-        # More samples than rows: split them over groups of one prefix (its forward pass is then repeated per group).
-        return [
-            ([i], min(self.batch_size, n - s), int(s + self.batch_size >= n))
-            for i in order
-            for s in range(0, n, self.batch_size)
-        ]
+        groups: list[tuple[list[int], list[int], int]] = []
+        indices: list[int] = []
+        repeats: list[int] = []
+        for i in sorted(range(len(prefixes)), key=lambda i: len(prefixes[i])):
+            if indices and (sum(repeats) + counts[i] > self.batch_size or counts[i] > self.batch_size):
+                groups.append((indices, repeats, len(indices)))
+                indices, repeats = [], []
+            if counts[i] <= self.batch_size:
+                indices.append(i)
+                repeats.append(counts[i])
+                continue
+            groups.extend(([i], [min(self.batch_size, counts[i] - s)], int(s + self.batch_size >= counts[i]))
+                          for s in range(0, counts[i], self.batch_size))
+        if indices:
+            groups.append((indices, repeats, len(indices)))
+        return groups
 
     def _generate_group(
         self,
         prefixes: list[Sequence[int]],
         budgets: list[int],
-        repeats: int,
+        repeats: list[int],
         params: SamplingParams,
         generator: torch.Generator | None,
     ) -> list[Completion]:
-        """Decode `repeats` samples of each prefix; returns them prefix-major (all samples of prefix 0 first)."""
+        """Decode `repeats[i]` samples of prefix i; returns them prefix-major (all samples of prefix 0 first)."""
         device = self.model.device
         width = max(len(p) for p in prefixes)
         input_ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
@@ -134,6 +143,7 @@ class HFEngine:
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
         # The shared prefix: one forward pass, then every row's cache, mask and last logits repeated per sample.
+        sample_rows = torch.repeat_interleave(torch.arange(len(prefixes)), torch.tensor(repeats)).to(device)
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=input_ids,
@@ -143,10 +153,10 @@ class HFEngine:
             logits_to_keep=1,
             **{self._cache_kwarg: cache},
         )
-        cache.batch_repeat_interleave(repeats)
-        logits = out.logits[:, -1].float().repeat_interleave(repeats, dim=0)
-        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        position_ids = position_ids[:, -1:].repeat_interleave(repeats, dim=0)
+        cache.batch_select_indices(sample_rows)
+        logits = out.logits[:, -1].float()[sample_rows]
+        attention_mask = attention_mask[sample_rows]
+        position_ids = position_ids[:, -1:][sample_rows]
 
         rows, max_new = logits.shape[0], max(budgets)
         grow_in_place(cache, width + max_new)
@@ -156,7 +166,7 @@ class HFEngine:
         # (cache, mask, positions) is cut down to the rows still going. `active` maps batch rows to result rows.
         tokens = torch.zeros((rows, max_new), dtype=torch.long, device=device)
         logprobs = torch.zeros((rows, max_new), device=device)
-        limits = torch.tensor(budgets, dtype=torch.long, device=device).repeat_interleave(repeats)
+        limits = torch.tensor(budgets, dtype=torch.long, device=device)[sample_rows]
         lengths = limits.clone()
         at_eos = torch.zeros(rows, dtype=torch.bool, device=device)
         active = torch.arange(rows, device=device)

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 
-from vineppo.engine.base import Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string
+from vineppo.engine.base import (
+    Completion, ProgressCallback, SamplingParams, checked_budgets, end_at_stop_string, sample_counts,
+)
 from vineppo.steps import TokenTexts
 
 
@@ -85,21 +88,24 @@ class VLLMEngine:
     def generate(
         self,
         prefixes: Sequence[Sequence[int]],
-        n: int,
+        n: int | Sequence[int],
         params: SamplingParams,
         generator: torch.Generator | None = None,
         on_progress: ProgressCallback | None = None,
         budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """Sample `n` continuations of every prefix (see `vineppo.engine.base.Engine`). vLLM draws its own random
-        numbers: `generator` only seeds the requests (request i gets seed s + i, its j-th sample s + i + j)."""
-        budgets = checked_budgets(prefixes, n, params, budgets, self.max_context, "vLLM's max_model_len")
+        """Sample `n` continuations of every prefix, or `n[i]` of prefix i (see `vineppo.engine.base.Engine`).
+        vLLM draws its own random numbers: `generator` only seeds the requests (with one seed s drawn from it,
+        request i gets s + the samples asked of the requests before it)."""
+        counts = sample_counts(prefixes, n)
+        budgets = checked_budgets(prefixes, params, budgets, self.max_context, "vLLM's max_model_len")
         seed = None
         if generator is not None:  # the trainer's generator lives on the policy's device
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         requests = [{"prompt_token_ids": list(prefix)} for prefix in prefixes]
-        sampling = [self.sampling_params(n, params, budget, None if seed is None else seed + i * n)
-                    for i, budget in enumerate(budgets)]
+        offsets = [0, *accumulate(counts)][:-1]
+        sampling = [self.sampling_params(count, params, budget, None if seed is None else seed + offset)
+                    for count, budget, offset in zip(counts, budgets, offsets)]
         outputs = self.llm.generate(requests, sampling_params=sampling, use_tqdm=False)
         results = [
             [end_at_stop_string(completion_of(o), params.stop, self.token_texts, self.eos_token_id)
