@@ -10,9 +10,9 @@ max_new_tokens minus the response tokens already in the prefix, as in training).
                (b) ran, with as many rows each (the engine drops finished rows), with no sampling or bookkeeping
 
 It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS. With
-`--uneven`, it also times uneven rollout counts (as `k_allocation: group_spread` asks for: here each prefix's count
-drawn uniformly from 1..2K-1, seeded) through the engine as one call with per-prefix counts against one call per
-distinct count, and prints the ratio.
+`--uneven` it times instead uneven rollout counts (as `k_allocation: group_spread` and `reuse_samples` ask for:
+here each prefix's count drawn uniformly from 1..2K-1, seeded) through the engine, as one call with per-prefix
+counts against one call per distinct count (as the trainer made them before), and prints the ratio.
 
     python benchmarks/rollout_engine.py [--config configs/forks.yaml] [--k 3 9] [--prompts 32] [--samples 4]
         [--repeats 3] [--profile] [--uneven] [key=value ...]
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also print where one engine call spends its time (torch.profiler, top ops)")
     parser.add_argument("--uneven", action="store_true",
-                        help="also time uneven counts per prefix: one engine call against one per distinct count")
+                        help="time uneven counts per prefix instead: one engine call against one per distinct count")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.path=smollm2-135m-instruct")
     args = parser.parse_args()
 
@@ -189,6 +189,9 @@ def main() -> None:
     if args.profile:
         profile_engine(engine, prefixes, budgets, max(args.k), params)
     for k in args.k:
+        if args.uneven:
+            print(json.dumps(uneven_counts(engine, prefixes, budgets, k, params, args.repeats)))
+            continue
         # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.
         engine_s = ceiling_s = float("inf")
         for _ in range(args.repeats):
@@ -216,8 +219,6 @@ def main() -> None:
             "seconds": {"naive": round(naive_s, 2), "engine": round(engine_s, 2), "ceiling": round(ceiling_s, 2)},
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }))
-        if args.uneven:
-            print(json.dumps(uneven_counts(engine, prefixes, budgets, k, params, args.repeats)))
 
 
 if __name__ == "__main__":
