@@ -1,6 +1,7 @@
 """Optional Weights & Biases logging: a clear error without the package, the right calls with it."""
 
 import sys
+import threading
 import types
 
 import pytest
@@ -35,9 +36,12 @@ def fake_wandb(monkeypatch):
 
 def test_wandb_requested_but_not_installed(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    before = set(threading.enumerate())
     assert main(["train", "--run-dir", str(tmp_path / "run"), *TINY, "logging.wandb=true"]) == 2
     err = capsys.readouterr().err
     assert "logging.wandb is true but wandb is not installed: pip install wandb" in err and "Traceback" not in err
+    # nothing left open: no TensorBoard writer thread outlives the failed run (it would write into a deleted dir)
+    assert not [t for t in set(threading.enumerate()) - before if type(t).__name__ == "_AsyncWriterThread"]
 
 
 @pytest.mark.slow

@@ -95,12 +95,13 @@ class RunLog:
         _rewrite(self.path, self.records)
         self.samples_path = self.run_dir / SAMPLES_FILE
         _rewrite(self.samples_path, [r for r in read_samples(self.run_dir) if r["iteration"] <= keep_through])
+        # W&B first: a missing wandb package then fails before a TensorBoard writer (and its thread) is open
+        self._wandb = start_wandb(self.run_dir, wandb_project, config or {}) if wandb_project else None
         self._writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=keep_through + 1)
-        self._wandb = start_wandb(self.run_dir, wandb_project, config or {}) if wandb_project else None
 
     def last(self, key: str) -> float:
         """The latest logged value of `key` (nan if none)."""
