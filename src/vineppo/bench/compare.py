@@ -5,9 +5,9 @@ Every run uses the same config (by default the quickstart's task, SFT model, eng
 iteration and update settings; `config_paths` and `overrides` change it for all runs alike) except `algo.name`,
 for the K ablation `algo.vineppo.k`, a variant's own overrides (`--variant`), and `train.seed`: seed s changes the
 RL sampling and the order of the training prompts, while the SFT model (its own `model.tiny.sft.seed`, or
-`model.path`) stays the one shared starting point. Each run gets the same budget of training seconds (sampling + credit + update; evaluation is not
-counted), and test accuracy is measured every `eval_seconds` of training time: greedy, or the mean accuracy of
-several samples per problem at a temperature (the paper: 16 at T = 0.35).
+`model.path`) stays the one shared starting point. Each run gets the same budget of training seconds (sampling +
+credit + update; evaluation is not counted), and test accuracy is measured every `eval_seconds` of training time:
+greedy, or the mean accuracy of several samples per problem at a temperature (the paper: 16 at T = 0.35).
 
 Resumable: each finished run leaves `runs/<label>/seed<s>/result.json` (written atomically) and is not run again;
 a run cut short is started over. Writes to `out`: results.json (settings, every run's points and per-iteration
