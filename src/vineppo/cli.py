@@ -31,7 +31,7 @@ from vineppo.config import Config, ConfigError, config_to_yaml, load_config
 from vineppo.data import DataError
 from vineppo.engine.base import ContextLengthError
 from vineppo.engine.vllm import VLLMMissingError
-from vineppo.evaluate import evaluate_greedy, evaluate_sampled, sampled_metrics
+from vineppo.evaluate import evaluate_sampled, greedy_metrics, greedy_rollouts, sampled_metrics
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
     ModelLoadError,
@@ -268,9 +268,9 @@ def _evaluate(
     per_problem: list[dict] = []
     with Bars(console, cfg.logging.progress) as bars:
         with bars.phase("eval (greedy)", len(problems)) as bar:
-            metrics = evaluate_greedy(
+            metrics = greedy_metrics(greedy_rollouts(
                 engine, encode, decode, task, problems, cfg.engine.max_new_tokens, on_progress=bar.advance
-            )
+            ))
         if samples:
             params = replace(setup.rollouts, temperature=temperature)
             generator = torch.Generator(device=device).manual_seed(seed)

@@ -35,19 +35,10 @@ def greedy_rollouts(
     return [r for (r,) in rollout(engine, task, decode, states, 1, params, on_progress=on_progress)]
 
 
-def evaluate_greedy(
-    engine: Engine,
-    encode: Callable[[str], list[int]],
-    decode: Callable[[list[int]], str],
-    task: Task,
-    problems: list[Problem],
-    max_new_tokens: int,
-    on_progress: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """Accuracy (mean reward of the greedy response), the fraction with no parseable answer, and the fraction
-    cut off at the length limit."""
-    greedy = greedy_rollouts(engine, encode, decode, task, problems, max_new_tokens, on_progress)
-    count = max(len(problems), 1)
+def greedy_metrics(greedy: list[Rollout]) -> dict[str, float]:
+    """Accuracy (mean reward of the greedy responses, `greedy_rollouts`), the fraction with no parseable answer,
+    and the fraction cut off at the length limit."""
+    count = max(len(greedy), 1)
     return {
         "eval/accuracy": sum(r.reward for r in greedy) / count,
         "eval/unparsed": sum(not r.grade.parsed for r in greedy) / count,

@@ -39,7 +39,7 @@ from vineppo.context import Context
 from vineppo.credit import advantage_metrics
 from vineppo.credit.critic import Critic
 from vineppo.episodes import Episode, sample_metrics
-from vineppo.evaluate import evaluate_greedy
+from vineppo.evaluate import greedy_metrics, greedy_rollouts
 from vineppo.model_sources import resolve_model_source
 from vineppo.models import (
     enable_activation_checkpointing,
@@ -325,10 +325,10 @@ class Trainer:
                 return {}
             started = time.perf_counter()
             with self.bars.phase("eval (greedy)", len(self.test_set)) as bar:
-                metrics = evaluate_greedy(
+                metrics = greedy_metrics(greedy_rollouts(
                     self.engine, self.encode, self.decode, self.task, self.test_set, self.cfg.engine.max_new_tokens,
                     on_progress=bar.advance,
-                )
+                ))
         metrics["time/eval"] = time.perf_counter() - started
         self.last_accuracy = metrics["eval/accuracy"]
         return metrics

@@ -9,9 +9,9 @@ it is a loss term (vineppo.losses).
 
 With a cap on estimated boundaries (`algo.vineppo.max_value_steps` = c), s_0 .. s_c are estimated (c + 1
 values, as the official `max_step_for_value_estimation`). The steps after s_c, `after_value_cap`: "zero" fills
-their values with R as the official code does (V_i = r_i + V_{i+1}), so the step at the cap gets R - V(s_c) and every later step 0;
-"merge" (a departure) merges them into the step at the cap, so all their tokens share R - V(s_c) instead of
-learning nothing.
+their values with R as the official code does (V_i = r_i + V_{i+1}), so the step at the cap gets R - V(s_c) and
+every later step 0; "merge" (a departure) merges them into the step at the cap, so all their tokens share
+R - V(s_c) instead of learning nothing.
 
 Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is computed once for all samples of
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -76,11 +75,12 @@ class Boundary:
 class ValuePlan:
     """The MC rollouts VinePPO's values need, decided before any is sampled: the unique states (by exact token
     prefix, so V(s_0) is rolled out once for all samples of a prompt, as in the official code) with the number
-    of rollouts each, and every episode's boundaries. `plain_rollouts`: what K rollouts per unique state, the
-    paper's estimator, would have taken."""
+    of rollouts each and the prompt's samples whose responses pass through it, and every episode's boundaries.
+    `plain_rollouts`: what K rollouts per unique state, the paper's estimator, would have taken."""
 
     states: list[State] = field(default_factory=list)
     rollouts: list[int] = field(default_factory=list)
+    through: list[list[Episode]] = field(default_factory=list)
     boundaries: list[list[Boundary]] = field(default_factory=list)
     plain_rollouts: int = 0
 
@@ -108,11 +108,10 @@ def plan_values(
         boundaries = []
         for step, (start, key) in enumerate(zip(starts, episode_keys)):
             prefix = episode.response_ids[:start]
+            through = [s for s in groups[id(episode)] if s.response_ids[:start] == prefix]
             siblings: tuple[float, ...] = ()
             if options.reuse_samples or (step == 0 and options.root_value == "group"):
-                siblings = tuple(
-                    s.reward for s in groups[id(episode)] if s is not episode and s.response_ids[:start] == prefix
-                )
+                siblings = tuple(s.reward for s in through if s is not episode)
             if step == 0 and options.root_value == "group" and siblings:
                 rollouts = 0
             else:
@@ -126,6 +125,7 @@ def plan_values(
                     index[key] = len(plan.states)
                     plan.states.append(State(episode.problem, episode.prompt_ids, prefix, step))
                     plan.rollouts.append(0)
+                    plan.through.append(through)
                 state = index[key]
                 plan.rollouts[state] = max(plan.rollouts[state], rollouts)
             boundaries.append(Boundary(state, rollouts, siblings))
@@ -188,9 +188,7 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         episode.step_values = [b.value(state_rewards) for b in boundaries] + [episode.reward] * unestimated
         step_adv = step_advantages(episode.step_values, episode.reward)
         episode.advantages = spread_over_tokens(step_adv, episode.step_starts, len(episode.response_ids))
-    trained = rollout_episodes(
-        episodes, plan.states, sampled.rollouts, options.train_rollouts, random.Random(ctx.seed)
-    )
+    trained = rollout_episodes(plan, sampled.rollouts, options.train_rollouts, random.Random(ctx.seed))
     episodes.extend(trained)
     rolled = sum(plan.rollouts)
     return {
@@ -210,24 +208,17 @@ def agreeing_groups(episodes: Sequence[Episode]) -> list[Episode]:
 
 
 def rollout_episodes(
-    samples: Sequence[Episode], states: Sequence[State], rollouts: Sequence[Sequence[Rollout]], share: float,
-    rng: random.Random,
+    plan: ValuePlan, rollouts: Sequence[Sequence[Rollout]], share: float, rng: random.Random
 ) -> list[Episode]:
     """`share` of all the rollouts (chosen by `rng`, never by reward) as episodes to train on: rollout j of state s
-    is a response to the prompt + s's response tokens, and every token of it gets R_j - b_j, where b_j is the
-    mean reward of s's other children: its other rollouts and the samples whose responses pass through s (each
-    an independent continuation of s, so b_j is independent of rollout j and the advantage's mean is
-    Q - V(s)). No per-state std scaling: a state whose children agree gives its rollouts advantage 0."""
+    (`plan.states[s]`) is a response to the prompt + s's response tokens, and every token of it gets R_j - b_j,
+    where b_j is the mean reward of s's other children: its other rollouts and the samples whose responses pass
+    through s (`plan.through[s]`; each an independent continuation of s, so b_j is independent of rollout j and
+    the advantage's mean is Q - V(s)). No per-state std scaling: a state whose children agree gives its rollouts
+    advantage 0."""
     chosen = rng.sample([(s, j) for s, group in enumerate(rollouts) for j in range(len(group))],
                         round(share * sum(map(len, rollouts))))
-    by_prompt: dict[tuple[int, ...], list[Episode]] = defaultdict(list)
-    for sample in samples:
-        by_prompt[tuple(sample.prompt_ids)].append(sample)
-    through = {  # per state with a chosen rollout, the samples through it
-        s: [e for e in by_prompt[tuple(states[s].prompt_ids)]
-            if e.response_ids[: len(states[s].response_ids)] == states[s].response_ids]
-        for s in {s for s, _ in chosen}
-    }
+    states, through = plan.states, plan.through
     out = []
     for s, j in sorted(chosen):
         children = [r.reward for r in rollouts[s]] + [e.reward for e in through[s]]
