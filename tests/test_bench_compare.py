@@ -1,6 +1,7 @@
 """The seeded comparison benchmark: its statistics and cost model by hand, resuming, and a tiny run writing every
 output."""
 
+import itertools
 import json
 import math
 
@@ -8,6 +9,7 @@ import pytest
 
 from tiny import TINY
 
+from vineppo.bench import compare as compare_module
 from vineppo.bench.compare import RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
 from vineppo.bench.report import ablation_k, cost_table, paired_table, summarize, summary_table
@@ -156,7 +158,9 @@ def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused(tmp_path):
     assert [ablation_k(label) for label in ("vineppo K=3", "vineppo K=3 reuse", "vineppo", "grpo")] == [3, None, None, None]
 
 
-def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp_path, sft_cache, capsys):
+def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
+    tmp_path, sft_cache, capsys, monkeypatch
+):
     out = tmp_path / "compare"
     args = ["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1", "--eval-seconds", "0.5",
             "--seeds", "2", "--baseline", "ppo", "--eval-samples", "2", "--out", str(out), *TINY]
@@ -186,3 +190,12 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(tmp
     assert main(args) == 0
     captured = capsys.readouterr()
     assert captured.out == first and captured.err.count("(done before)") == 6
+
+    # One run lost: only it is run; the time left counts the runs still to run, not those read back.
+    (out / "runs" / "vineppo" / "seed0" / "result.json").unlink()
+    clock = itertools.count(0, 600)  # every reading of the clock 10 minutes later
+    monkeypatch.setattr(compare_module.time, "perf_counter", lambda: next(clock))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("(done before)") == 5 and "min left" in err
+    assert all(line.endswith("about 0 min left") for line in err.splitlines() if "min left" in line)

@@ -142,11 +142,15 @@ def run_one(
     return {"label": spec.label, "seed": seed, "points": points, "iterations": iterations}
 
 
+def result_path(spec: RunSpec, seed: int, out: Path) -> Path:
+    return out / "runs" / spec.slug / f"seed{seed}" / RESULT_FILE
+
+
 def finished_or_run(spec: RunSpec, seed: int, out: Path, run) -> tuple[dict, bool]:
     """The run's result: read back if a previous call finished it, else run (from scratch) and written
     atomically. The flag says whether it ran now."""
-    run_dir = out / "runs" / spec.slug / f"seed{seed}"
-    result_file = run_dir / RESULT_FILE
+    result_file = result_path(spec, seed, out)
+    run_dir = result_file.parent
     if result_file.is_file():
         return json.loads(result_file.read_text()), False
     if run_dir.exists():  # cut short: its checkpoints are of a run whose points were lost
@@ -177,6 +181,7 @@ def compare(
     base = (config_paths, list(overrides))
     results: dict[str, dict[int, dict]] = {spec.label: {} for spec in specs}
     total, done, ran, started = len(specs) * len(seeds), 0, 0, time.perf_counter()
+    pending = sum(not result_path(spec, seed, out).is_file() for spec in specs for seed in seeds)  # to run now
     for seed in seeds:  # seed by seed, so that a cut-short comparison has every method on its first seeds
         for spec in specs:
             result, now = finished_or_run(
@@ -185,7 +190,7 @@ def compare(
             results[spec.label][seed] = result
             done, ran = done + 1, ran + now
             elapsed = time.perf_counter() - started
-            eta = f", about {elapsed / ran * (total - done) / 60:.0f} min left" if ran else ""
+            eta = f", about {elapsed / ran * (pending - ran) / 60:.0f} min left" if ran else ""
             final = result["points"][-1]
             console.print(f"[{done}/{total}] {spec.label}, seed {seed}: {final['iteration']} iterations, test "
                           f"accuracy {final['accuracy']:.1%}{' (done before)' if not now else ''}{eta}",
