@@ -93,14 +93,16 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     assert pairs["a - b"]["mean"] == pytest.approx(0.1) and pairs["b - c"]["mean"] == pytest.approx(-0.2)
     assert pairs["a - c"]["high"] == pytest.approx(-0.1 + 12.706205 * 0.05, rel=1e-6)
     assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] |"
-    # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none
+    # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
+    # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000
     assert summary["per_iteration"]["a"] == pytest.approx(
-        {"seconds": 3.0, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400})
+        {"seconds": 3.0, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400,
+         "update_ms_per_1k_trained": 3750.0})
     assert summary["per_iteration"]["b"] == {}
     # generation 4.5 s for 2,100 tokens, update 4.5 s for 1,200 trained tokens
     assert summary["cpu_generation_cost"] == pytest.approx((4.5 / 2100) / (4.5 / 1200))
     rows = cost_table(summary).splitlines()
-    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 |" and len(rows) == 5 and "0.57 trained tokens" in rows[4]
+    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 | 3750.0 |" and len(rows) == 5 and "0.57 trained tokens" in rows[4]
 
 
 def test_the_cost_model_counts_generated_and_trained_tokens():

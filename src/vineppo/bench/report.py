@@ -83,14 +83,18 @@ def summarize(
 
 
 def per_iteration(runs: dict[int, dict]) -> dict[str, float]:
-    """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained."""
+    """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained; and the
+    update's milliseconds per 1,000 trained tokens over all of them, which compares the machine's speed between
+    runs of one method (or of methods that update alike) made at different times."""
     records = [record for run in runs.values() for record in run["iterations"]]
     if not records:
         return {}
+    trained = [sum(r[key] for key in TRAINED) for r in records]
     return {
         "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
-        "tokens/trained": statistics.fmean(sum(r[key] for key in TRAINED) for r in records),
+        "tokens/trained": statistics.fmean(trained),
+        "update_ms_per_1k_trained": 1e6 * sum(r["time/update"] for r in records) / max(1, sum(trained)),
     }
 
 
@@ -137,14 +141,17 @@ def paired_table(summary: dict) -> str:
 
 
 def cost_table(summary: dict) -> str:
-    """Per run label, its mean iteration: seconds, generated tokens (policy + MC), trained tokens; then this
-    machine's generation cost measured from every iteration (vineppo.bench.cost)."""
-    header = "| run | seconds per iteration | generated tokens per iteration (policy + MC) | trained tokens per iteration |"
-    lines = [header, "|---|---|---|---|"]
+    """Per run label, its mean iteration: seconds, generated tokens (policy + MC), trained tokens, the update's
+    milliseconds per 1,000 trained tokens; then this machine's generation cost measured from every iteration
+    (vineppo.bench.cost)."""
+    header = ("| run | seconds per iteration | generated tokens per iteration (policy + MC) | trained tokens per iteration "
+              "| update ms per 1,000 trained tokens |")
+    lines = [header, "|---|---|---|---|---|"]
     for label, mean in summary["per_iteration"].items():
         if mean:
             lines.append(f"| {label} | {mean['seconds']:.2f} | {mean['tokens/policy']:,.0f} + "
-                         f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} |")
+                         f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} | "
+                         f"{mean['update_ms_per_1k_trained']:.1f} |")
     if summary["cpu_generation_cost"] is not None:
         lines.append(f"\nOn this machine a generated token cost {summary['cpu_generation_cost']:.2f} trained tokens "
                      "(sampling + credit seconds per generated token / update seconds per trained token).")
