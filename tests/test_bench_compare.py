@@ -15,7 +15,7 @@ from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_co
 from vineppo.bench.report import ablation_k, cost_table, paired_table, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
-from vineppo.config import ConfigError
+from vineppo.config import ConfigError, load_config
 from vineppo.runlog import read_metrics
 
 POINTS = [{"iteration": 0, "seconds": 0.0, "tokens": 0, "accuracy": 0.5},
@@ -165,7 +165,8 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
 ):
     out = tmp_path / "compare"
     args = ["bench", "compare", "--methods", "vineppo", "ppo", "--k", "1", "--budget", "1", "--eval-seconds", "0.5",
-            "--seeds", "2", "--baseline", "ppo", "--eval-samples", "2", "--out", str(out), *TINY]
+            "--seeds", "2", "--baseline", "ppo", "--eval-samples", "2", "--out", str(out), *TINY,
+            "train.iterations=50"]  # the schedule's horizon: the overrides' value, not the comparison's default
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["results"]) == {"vineppo", "ppo", "vineppo K=1"}
@@ -185,6 +186,7 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
     assert "| vineppo K=1 | 2 |" in first
     run = out / "runs" / "ppo" / "seed1"  # a run directory that `vineppo report` and `vineppo analyze values` read
     assert (run / "checkpoints" / "latest").is_file()
+    assert load_config(run / "config.yaml").train.iterations == 50
     last = results["results"]["ppo"]["1"]["points"][-1]["iteration"]
     assert [r["iteration"] for r in read_metrics(run)] == list(range(last + 1))
 

@@ -37,6 +37,11 @@ from vineppo.progress import Bars, make_console
 from vineppo.trainer import Trainer
 
 RESULT_FILE = "result.json"
+SCHEDULE_ITERATIONS = 1000
+"""`train.iterations` of every run unless the overrides set it: the horizon of the linear learning-rate decay, far
+beyond what most runs reach in a 120 s budget (a nearly constant rate). A run that passes it trains on at rate 0,
+so long budgets and fast methods (DPO+, skipped groups: 5-6 iterations a second on the quickstart task) set it
+higher."""
 PER_ITERATION = ("time/sample", "time/credit", "time/update", "tokens/policy", "tokens/mc", "tokens/update",
                  "tokens/value_update", "train/accuracy")
 
@@ -107,8 +112,8 @@ def run_one(
     """Train until `budget` training seconds have passed, with an evaluation point every `eval_seconds` of them;
     the points, and every iteration's timings and token counts (for the cost model)."""
     config_paths, overrides = base
-    cfg = load_config(config_paths, [*overrides, *spec.overrides, f"train.seed={seed}", "train.iterations=1000",
-                                     "logging.progress=false"])
+    cfg = load_config(config_paths, [f"train.iterations={SCHEDULE_ITERATIONS}", *overrides, *spec.overrides,
+                                     f"train.seed={seed}", "logging.progress=false"])
     trainer = Trainer(cfg, run_dir, console)
     points, iterations, seconds, tokens, costs, iteration, train_accuracies = [], [], 0.0, 0, {}, 0, []
     with Bars(console, enabled=False) as trainer.bars:
