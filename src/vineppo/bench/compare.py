@@ -41,7 +41,8 @@ SCHEDULE_ITERATIONS = 1000
 """`train.iterations` of every run unless the overrides set it: the horizon of the linear learning-rate decay, far
 beyond what most runs reach in a 120 s budget (a nearly constant rate). A run that passes it trains on at rate 0,
 so long budgets and fast methods (DPO+, skipped groups: 5-6 iterations a second on the quickstart task) set it
-higher."""
+higher, and `train.warmup_ratio` lower with it: the warmup is that share of the horizon (0.03 x 1000 = 30
+iterations; 0.003 keeps 30 at 10,000)."""
 PER_ITERATION = ("time/sample", "time/credit", "time/update", "tokens/policy", "tokens/mc", "tokens/update",
                  "tokens/value_update", "train/accuracy")
 
