@@ -11,8 +11,8 @@ from tiny import TINY
 
 from vineppo.bench import compare as compare_module
 from vineppo.bench.compare import RunSpec, compare, finished_or_run, parse_variant, run_specs
-from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost
-from vineppo.bench.report import ablation_k, cost_table, paired_table, summarize, summary_table
+from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
+from vineppo.bench.report import ablation_k, cost_table, paired_table, per_iteration, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import main
 from vineppo.config import ConfigError, load_config
@@ -112,7 +112,14 @@ def test_the_cost_model_counts_generated_and_trained_tokens():
     # 10 s for 1000 generated tokens, 4 s for 800 trained tokens: a generated token costs 2 trained tokens
     assert measured_generation_cost([record, record]) == pytest.approx((10 / 1000) / (4 / 800))
     assert measured_generation_cost([]) is None
-    assert measured_generation_cost([{**record, "tokens/update": 0, "tokens/value_update": 0}]) is None
+    untrained = {**record, "tokens/update": 0, "tokens/value_update": 0}
+    assert measured_generation_cost([untrained]) is None
+    assert update_seconds_per_trained_token([record, untrained]) == pytest.approx(8 / 800)
+    assert update_seconds_per_trained_token([untrained]) is None
+    # a run that trained nothing has no update cost: a dash in the table, not a made-up 0 ms
+    summary = {"per_iteration": {"u": per_iteration({0: {"iterations": [untrained]}})}, "cpu_generation_cost": None}
+    assert summary["per_iteration"]["u"]["update_ms_per_1k_trained"] is None
+    assert cost_table(summary).splitlines()[2] == "| u | 14.00 | 100 + 900 | 0 | — |"
 
 
 def test_a_finished_run_is_not_run_again_and_a_cut_short_one_starts_over(tmp_path):

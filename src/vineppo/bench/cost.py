@@ -42,14 +42,20 @@ def iteration_cost(record: dict, model: CostModel) -> float:
     return model.generation * generated + sum(record.get(key, 0) for key in TRAINED)
 
 
+def update_seconds_per_trained_token(records: Sequence[dict]) -> float | None:
+    """The update's seconds per trained token over the records; None where they trained nothing or took no time."""
+    update_seconds = sum(r["time/update"] for r in records)
+    trained = sum(r.get(key, 0) for r in records for key in TRAINED)
+    return update_seconds / trained if trained and update_seconds else None
+
+
 def measured_generation_cost(records: Sequence[dict]) -> float | None:
     """This machine's generation cost in trained tokens, from the runs' phase timings: (seconds of sampling and
     credit per generated token) / (seconds of update per trained token); None where the records generated or
     trained nothing."""
     generation_seconds = sum(r["time/sample"] + r["time/credit"] for r in records)
-    update_seconds = sum(r["time/update"] for r in records)
     generated = sum(r.get(key, 0) for r in records for key in GENERATED)
-    trained = sum(r.get(key, 0) for r in records for key in TRAINED)
-    if not (generated and trained and update_seconds):
+    update_cost = update_seconds_per_trained_token(records)
+    if not (generated and update_cost):
         return None
-    return (generation_seconds / generated) / (update_seconds / trained)
+    return (generation_seconds / generated) / update_cost

@@ -20,7 +20,8 @@ from typing import Iterator, Sequence
 
 from vineppo.analysis.plots import pyplot
 
-from vineppo.bench.cost import GENERATED, GPU_COSTS, TRAINED, measured_generation_cost
+from vineppo.bench.cost import (GENERATED, GPU_COSTS, TRAINED, measured_generation_cost,
+                                update_seconds_per_trained_token)
 from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
@@ -82,19 +83,20 @@ def summarize(
     return summary
 
 
-def per_iteration(runs: dict[int, dict]) -> dict[str, float]:
+def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
     """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained; and the
-    update's milliseconds per 1,000 trained tokens over all of them, which compares the machine's speed between
-    runs of one method (or of methods that update alike) made at different times."""
+    update's milliseconds per 1,000 trained tokens over all of them (None where nothing was trained), which
+    compares the machine's speed between runs of one method (or of methods that update alike) made at different
+    times."""
     records = [record for run in runs.values() for record in run["iterations"]]
     if not records:
         return {}
-    trained = [sum(r[key] for key in TRAINED) for r in records]
+    update_cost = update_seconds_per_trained_token(records)
     return {
         "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
-        "tokens/trained": statistics.fmean(trained),
-        "update_ms_per_1k_trained": 1e6 * sum(r["time/update"] for r in records) / max(1, sum(trained)),
+        "tokens/trained": statistics.fmean(sum(r[key] for key in TRAINED) for r in records),
+        "update_ms_per_1k_trained": None if update_cost is None else 1e6 * update_cost,
     }
 
 
@@ -149,9 +151,10 @@ def cost_table(summary: dict) -> str:
     lines = [header, "|---|---|---|---|---|"]
     for label, mean in summary["per_iteration"].items():
         if mean:
+            update_ms = mean["update_ms_per_1k_trained"]
             lines.append(f"| {label} | {mean['seconds']:.2f} | {mean['tokens/policy']:,.0f} + "
                          f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} | "
-                         f"{mean['update_ms_per_1k_trained']:.1f} |")
+                         f"{'—' if update_ms is None else f'{update_ms:.1f}'} |")
     if summary["cpu_generation_cost"] is not None:
         lines.append(f"\nOn this machine a generated token cost {summary['cpu_generation_cost']:.2f} trained tokens "
                      "(sampling + credit seconds per generated token / update seconds per trained token).")
