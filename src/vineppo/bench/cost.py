@@ -36,16 +36,25 @@ class CostModel:
 GPU_COSTS = (CostModel("gpu_1b", 0.44), CostModel("gpu_7b", 0.13))
 
 
+def generated_tokens(record: dict) -> int:
+    """Tokens an iteration generated (policy samples + MC rollouts), from its metrics (a trainer iteration's dict)."""
+    return sum(record.get(key, 0) for key in GENERATED)
+
+
+def trained_tokens(record: dict) -> int:
+    """Tokens an iteration trained on (the policy's and the value network's updates, every epoch)."""
+    return sum(record.get(key, 0) for key in TRAINED)
+
+
 def iteration_cost(record: dict, model: CostModel) -> float:
     """An iteration's cost in trained tokens, from its metrics (a trainer iteration's dict)."""
-    generated = sum(record.get(key, 0) for key in GENERATED)
-    return model.generation * generated + sum(record.get(key, 0) for key in TRAINED)
+    return model.generation * generated_tokens(record) + trained_tokens(record)
 
 
 def update_seconds_per_trained_token(records: Sequence[dict]) -> float | None:
     """The update's seconds per trained token over the records; None where they trained nothing or took no time."""
     update_seconds = sum(r["time/update"] for r in records)
-    trained = sum(r.get(key, 0) for r in records for key in TRAINED)
+    trained = sum(trained_tokens(r) for r in records)
     return update_seconds / trained if trained and update_seconds else None
 
 
@@ -54,7 +63,7 @@ def measured_generation_cost(records: Sequence[dict]) -> float | None:
     credit per generated token) / (seconds of update per trained token); None where the records generated or
     trained nothing."""
     generation_seconds = sum(r["time/sample"] + r["time/credit"] for r in records)
-    generated = sum(r.get(key, 0) for r in records for key in GENERATED)
+    generated = sum(generated_tokens(r) for r in records)
     update_cost = update_seconds_per_trained_token(records)
     if not (generated and update_cost):
         return None

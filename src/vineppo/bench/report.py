@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 from vineppo.analysis.plots import pyplot
 
-from vineppo.bench.cost import (GENERATED, GPU_COSTS, TRAINED, measured_generation_cost,
+from vineppo.bench.cost import (GENERATED, GPU_COSTS, measured_generation_cost, trained_tokens,
                                 update_seconds_per_trained_token)
 from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 
@@ -95,7 +95,7 @@ def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
     return {
         "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
-        "tokens/trained": statistics.fmean(sum(r[key] for key in TRAINED) for r in records),
+        "tokens/trained": statistics.fmean(trained_tokens(r) for r in records),
         "update_ms_per_1k_trained": None if update_cost is None else 1e6 * update_cost,
     }
 
