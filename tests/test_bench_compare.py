@@ -10,11 +10,11 @@ import pytest
 from tiny import TINY
 
 from vineppo.bench import compare as compare_module
-from vineppo.bench.compare import RunSpec, compare, finished_or_run, parse_variant, run_specs
+from vineppo.bench.compare import Budget, RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
 from vineppo.bench.report import ablation_k, cost_table, paired_table, per_iteration, summarize, summary_table
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
-from vineppo.cli import main
+from vineppo.cli import USAGE_ERROR, main
 from vineppo.config import ConfigError, load_config
 from vineppo.runlog import read_metrics
 
@@ -41,6 +41,9 @@ def test_accuracy_at_area_and_first_reaching_by_hand():
     assert area_under_curve(POINTS, 15) == pytest.approx((5 + 4) / 15)  # points after the budget do not count
     assert first_reaching(POINTS, 0.75, "seconds") == 10.0 and first_reaching(POINTS, 0.75, "tokens") == 900
     assert first_reaching(POINTS, 0.9, "seconds") is None
+    # the same step function on the iterations axis: 0.5 for 3 iterations, 0.8 for 3, 0.7 for the 7th
+    assert [accuracy_at(POINTS, i, "iteration") for i in (2, 3, 7)] == [0.5, 0.8, 0.7]
+    assert area_under_curve(POINTS, 7, "iteration") == pytest.approx((1.5 + 2.4 + 0.7) / 7)
 
 
 def test_paired_differences_pair_by_seed():
@@ -49,8 +52,8 @@ def test_paired_differences_pair_by_seed():
     assert diff.half_width == pytest.approx(mean_interval([0.1, 0.2, 0.3]).half_width)
 
 
-def run(seed, accuracies, seconds=(0.0, 10.0, 20.0)):
-    points = [{"iteration": 2 * i, "seconds": s, "tokens": 100 * i, "cost/gpu_1b": 10.0 * i, "cost/gpu_7b": 5.0 * i,
+def run(seed, accuracies, seconds=(0.0, 10.0, 20.0), iterations=(0, 2, 4)):
+    points = [{"iteration": iterations[i], "seconds": s, "tokens": 100 * i, "cost/gpu_1b": 10.0 * i, "cost/gpu_7b": 5.0 * i,
                "accuracy": a} for i, (s, a) in enumerate(zip(seconds, accuracies))]
     return {"seed": seed, "points": points, "iterations": []}
 
@@ -71,8 +74,29 @@ def test_the_summary_and_table_by_hand():
     assert a["vs_baseline"]["auc"]["high"] == pytest.approx(0.1 + 12.706205 * 0.05, rel=1e-6)
     rows = summary_table(summary, "b").splitlines()
     assert rows[0].startswith("| run | seeds | iterations/s | accuracy at 10 s | accuracy at 20 s | AUC (seconds)")
+    assert "| AUC (first 4 iterations) | seconds to 60% |" in rows[0]
+    assert rows[0].endswith("| AUC (first 4 iterations) - b |")
     assert rows[3].startswith("| b | 2 | 0.2 [0.2, 0.2] | 50.0 [50.0, 50.0] | 55.0 [-8.5, 118.5] |")
-    assert rows[3].endswith("| 20.0 (1/2) | — | — | — |")
+    assert rows[3].endswith("| 50.0 [50.0, 50.0] | 20.0 (1/2) | — | — | — | — |")
+
+
+def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand():
+    # a: 2 iterations a 10 s, stopped by an iteration budget of 4 at 20 s; b: 1 iteration a 10 s, 40 s for 4
+    results = {"a": {0: run(0, [0.5, 0.7, 0.9]), 1: run(1, [0.5, 0.9, 0.9])},
+               "b": {0: run(0, [0.5, 0.6, 0.8], (0.0, 20.0, 40.0)), 1: run(1, [0.5, 0.5, 0.7], (0.0, 20.0, 40.0))}}
+    summary = summarize(results, budget=1000, thresholds=[0.6], baseline="a")
+    # seconds: the stretch both cover, 20 s, and the default marks within it
+    assert summary["seconds_end"] == 20 and summary["marks"] == [5, 10, 20]
+    a, b = summary["runs"]["a"], summary["runs"]["b"]
+    assert a["auc"]["mean"] == pytest.approx((0.6 + 0.7) / 2) and b["auc"]["mean"] == pytest.approx(0.5)
+    # iterations: 4 for both; a seed 0: 0.5 for 2, 0.7 for 2; b seed 0: 0.5, 0.6; seed 1: a 0.7, b 0.5
+    assert summary["iterations_end"] == 4
+    assert a["auc_iterations"]["mean"] == pytest.approx((0.6 + 0.7) / 2)
+    assert b["auc_iterations"]["mean"] == pytest.approx((0.55 + 0.5) / 2)
+    assert b["vs_baseline"]["auc_iterations"]["mean"] == pytest.approx(-0.125)
+    assert summary["paired_auc_iterations"]["a - b"]["mean"] == pytest.approx(0.125)
+    # seconds: differences 0.1 and 0.2 (half-width 12.706205 * 0.05); iterations: 0.05 and 0.2 (12.706205 * 0.075)
+    assert paired_table(summary).splitlines()[2] == "| a - b | +15.0 [-48.5, +78.5] | +12.5 [-82.8, +107.8] |"
 
 
 def iteration(seconds, policy, mc, trained):
@@ -92,7 +116,7 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     assert list(pairs) == ["a - b", "a - c", "b - c"]
     assert pairs["a - b"]["mean"] == pytest.approx(0.1) and pairs["b - c"]["mean"] == pytest.approx(-0.2)
     assert pairs["a - c"]["high"] == pytest.approx(-0.1 + 12.706205 * 0.05, rel=1e-6)
-    assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] |"
+    assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] | +10.0 [-53.5, +73.5] |"
     # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
     # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000
     assert summary["per_iteration"]["a"] == pytest.approx(
@@ -161,7 +185,7 @@ def test_a_variant_is_a_label_with_overrides_and_bad_ones_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="vineppo K=3"):  # its run directory would be the K ablation's
         run_specs(["grpo"], [3], base_k=9, variants=[parse_variant("vineppoK=3:algo.vineppo.k=3")])
     with pytest.raises(ConfigError, match="kk"):  # checked before the first run starts
-        compare(["grpo"], [], 1.0, 1.0, tmp_path, variants=[parse_variant("typo:algo.vineppo.kk=3")])
+        compare(["grpo"], [], Budget(1.0, 1.0), tmp_path, variants=[parse_variant("typo:algo.vineppo.kk=3")])
     assert not (tmp_path / "runs").exists()
     # the K ablation's plot takes its own runs only, not a variant whose label starts alike
     assert [ablation_k(label) for label in ("vineppo K=3", "vineppo K=3 reuse", "vineppo", "grpo")] == [3, None, None, None]
@@ -186,8 +210,8 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
             assert len(run["iterations"]) == points[-1]["iteration"]
     assert results["summary"]["runs"]["vineppo"]["vs_baseline"]["auc"]["n"] == 2
     assert results["evaluation"] == {"samples": 2, "temperature": 0.35}
-    for name in ("accuracy_vs_seconds", "accuracy_vs_tokens", "accuracy_vs_gpu_7b_cost", "generalization",
-                 "k_ablation"):
+    for name in ("accuracy_vs_seconds", "accuracy_vs_iterations", "accuracy_vs_tokens", "accuracy_vs_gpu_7b_cost",
+                 "generalization", "k_ablation"):
         assert (out / f"{name}.png").stat().st_size > 1000
     first = capsys.readouterr().out
     assert "| vineppo K=1 | 2 |" in first
@@ -210,3 +234,21 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
     err = capsys.readouterr().err
     assert err.count("(done before)") == 5 and "min left" in err
     assert all(line.endswith("about 0 min left") for line in err.splitlines() if "min left" in line)
+
+
+def test_an_iteration_budget_stops_every_run_and_evaluates_at_its_marks(tmp_path, sft_cache, capsys):
+    out = tmp_path / "compare"
+    args = ["bench", "compare", "--methods", "grpo", "restem", "--budget", "600", "--eval-seconds", "600",
+            "--iterations", "3", "--eval-iterations", "2", "--out", str(out), *TINY]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["budget_iterations"], results["eval_iterations"]) == (3, 2)
+    for runs in results["results"].values():
+        run = runs["0"]
+        assert [p["iteration"] for p in run["points"]] == [0, 2, 3] and len(run["iterations"]) == 3
+    assert results["summary"]["iterations_end"] == 3
+    assert results["summary"]["seconds_end"] < 600  # the seconds both runs covered, not the unspent budget
+    assert "AUC (first 3 iterations)" in capsys.readouterr().out
+    for bad in (["--iterations", "0"], ["--eval-iterations", "-1"], ["--budget", "0"]):
+        assert main([*args[:2], *bad, "--out", str(tmp_path / "bad"), *TINY]) == USAGE_ERROR
+        assert f"error: {bad[0]} " in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -25,7 +25,7 @@ from transformers.utils import logging as transformers_logging
 from vineppo.parallel import distributed
 from vineppo.algorithms import METHODS
 from vineppo.analysis.values import AnalysisError, ValueAnalysisSettings, analyze_values
-from vineppo.bench.compare import Evaluation, compare, parse_variant
+from vineppo.bench.compare import Budget, Evaluation, compare, parse_variant
 from vineppo.checkpoint import DiskSpaceError
 from vineppo.config import Config, ConfigError, config_to_yaml, load_config
 from vineppo.data import DataError
@@ -139,6 +139,11 @@ def _build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--budget", type=float, default=120.0, help="training seconds per run (default 120)")
     comparison.add_argument("--eval-seconds", type=float, default=10.0,
                             help="training seconds between evaluations (default 10)")
+    comparison.add_argument("--iterations", type=int, metavar="N",
+                            help="also stop each run after N iterations (equal policy samples; give a --budget "
+                                 "that every run needs more than N iterations to spend)")
+    comparison.add_argument("--eval-iterations", type=int, metavar="M",
+                            help="also evaluate every M iterations (for the AUC over iterations)")
     comparison.add_argument("--out", default="runs/compare",
                             help="output directory (default runs/compare); a finished run in it is not run again")
     comparison.add_argument("--seeds", type=int, default=1,
@@ -330,7 +335,8 @@ def cmd_report(args: argparse.Namespace, console: Console) -> None:
 def cmd_bench(args: argparse.Namespace, console: Console) -> None:
     """`bench compare` (the only benchmark so far)."""
     markdown = compare(
-        args.methods, args.k, args.budget, args.eval_seconds, Path(args.out), args.config, args.overrides, console,
+        args.methods, args.k, Budget(args.budget, args.eval_seconds, args.iterations, args.eval_iterations),
+        Path(args.out), args.config, args.overrides, console,
         seeds=list(range(args.seeds)), baseline=args.baseline, marks=args.marks, thresholds=args.thresholds,
         evaluation=Evaluation(args.eval_samples, args.eval_temperature),
         variants=[parse_variant(v) for v in args.variant],

@@ -7,7 +7,9 @@ for the K ablation `algo.vineppo.k`, a variant's own overrides (`--variant`), an
 RL sampling and the order of the training prompts, while the SFT model (its own `model.tiny.sft.seed`, or
 `model.path`) stays the one shared starting point. Each run gets the same budget of training seconds (sampling +
 credit + update; evaluation is not counted), and test accuracy is measured every `eval_seconds` of training time:
-greedy, or the mean accuracy of several samples per problem at a temperature (the paper: 16 at T = 0.35).
+greedy, or the mean accuracy of several samples per problem at a temperature (the paper: 16 at T = 0.35). A budget
+of iterations (`Budget.iterations`, with evaluations every `eval_iterations`) compares the methods at equal policy
+samples instead: whether a method learns more per iteration, whatever its iterations cost.
 
 Resumable: each finished run leaves `runs/<label>/seed<s>/result.json` (written atomically) and is not run again;
 a run cut short is started over. Writes to `out`: results.json (settings, every run's points and per-iteration
@@ -55,6 +57,26 @@ class RunSpec:
     @property
     def slug(self) -> str:
         return self.label.replace(" ", "").replace("=", "")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run stops after `seconds` of training or `iterations` iterations, whichever comes first, and is evaluated
+    every `eval_seconds` of training and, if set, every `eval_iterations` iterations (and when it stops)."""
+
+    seconds: float = 120.0
+    eval_seconds: float = 10.0
+    iterations: int | None = None
+    eval_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--budget", self.seconds), ("--eval-seconds", self.eval_seconds),
+                            ("--iterations", self.iterations), ("--eval-iterations", self.eval_iterations)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{flag} {value:g}: expected a positive number")
+
+    def spent(self, seconds: float, iteration: int) -> bool:
+        return seconds >= self.seconds or (self.iterations is not None and iteration >= self.iterations)
 
 
 @dataclass(frozen=True)
@@ -107,11 +129,11 @@ def measure_accuracy(trainer: Trainer, evaluation: Evaluation, seed: int) -> flo
 
 
 def run_one(
-    spec: RunSpec, seed: int, base: tuple[ConfigPaths, list[str]], budget: float, eval_seconds: float,
-    evaluation: Evaluation, run_dir: Path, console: Console,
+    spec: RunSpec, seed: int, base: tuple[ConfigPaths, list[str]], budget: Budget, evaluation: Evaluation,
+    run_dir: Path, console: Console,
 ) -> dict:
-    """Train until `budget` training seconds have passed, with an evaluation point every `eval_seconds` of them;
-    the points, and every iteration's timings and token counts (for the cost model)."""
+    """Train until the budget is spent, with an evaluation point at each of its marks; the points, and every
+    iteration's timings and token counts (for the cost model)."""
     config_paths, overrides = base
     cfg = load_config(config_paths, [f"train.iterations={SCHEDULE_ITERATIONS}", *overrides, *spec.overrides,
                                      f"train.seed={seed}", "logging.progress=false"])
@@ -122,8 +144,8 @@ def run_one(
         trainer.log.log(0, {"eval/accuracy": accuracy})
         points.append({"iteration": 0, "seconds": 0.0, "tokens": 0, **{f"cost/{m.name}": 0.0 for m in GPU_COSTS},
                        "accuracy": accuracy})
-        next_eval = eval_seconds
-        while seconds < budget:
+        next_eval = budget.eval_seconds
+        while not budget.spent(seconds, iteration):
             started = time.perf_counter()
             metrics = trainer.iteration(iteration)
             seconds += time.perf_counter() - started
@@ -133,7 +155,8 @@ def run_one(
                 costs[model.name] = costs.get(model.name, 0.0) + iteration_cost(metrics, model)
             train_accuracies.append(metrics["train/accuracy"])
             iteration += 1
-            if seconds >= next_eval or seconds >= budget:
+            iteration_mark = budget.eval_iterations is not None and iteration % budget.eval_iterations == 0
+            if seconds >= next_eval or iteration_mark or budget.spent(seconds, iteration):
                 metrics["eval/accuracy"] = measure_accuracy(trainer, evaluation, seed)
                 points.append({
                     "iteration": iteration, "seconds": round(seconds, 2), "tokens": tokens,
@@ -141,7 +164,7 @@ def run_one(
                     "accuracy": metrics["eval/accuracy"], "train_accuracy": statistics.fmean(train_accuracies),
                 })
                 train_accuracies = []
-                next_eval = (seconds // eval_seconds + 1) * eval_seconds
+                next_eval = (seconds // budget.eval_seconds + 1) * budget.eval_seconds
             trainer.log.log(iteration, metrics)
     trainer.save(iteration)  # so that `vineppo report` and `vineppo analyze values` can read the run
     trainer.log.close()
@@ -169,7 +192,7 @@ def finished_or_run(spec: RunSpec, seed: int, out: Path, run) -> tuple[dict, boo
 
 
 def compare(
-    methods: list[str], k_values: list[int], budget: float, eval_seconds: float, out: Path,
+    methods: list[str], k_values: list[int], budget: Budget, out: Path,
     config_paths: ConfigPaths = None, overrides: list[str] = (), console: Console | None = None,
     seeds: list[int] = (0,), baseline: str | None = None, marks: list[float] | None = None,
     thresholds: list[float] | None = None, evaluation: Evaluation = Evaluation(), variants: list[RunSpec] = (),
@@ -191,7 +214,7 @@ def compare(
     for seed in seeds:  # seed by seed, so that a cut-short comparison has every method on its first seeds
         for spec in specs:
             result, now = finished_or_run(
-                spec, seed, out, lambda d: run_one(spec, seed, base, budget, eval_seconds, evaluation, d, console)
+                spec, seed, out, lambda d: run_one(spec, seed, base, budget, evaluation, d, console)
             )
             results[spec.label][seed] = result
             done, ran = done + 1, ran + now
@@ -201,14 +224,15 @@ def compare(
             console.print(f"[{done}/{total}] {spec.label}, seed {seed}: {final['iteration']} iterations, test "
                           f"accuracy {final['accuracy']:.1%}{' (done before)' if not now else ''}{eta}",
                           highlight=False)
-    summary = summarize(results, budget, marks, thresholds, baseline)
+    summary = summarize(results, budget.seconds, marks, thresholds, baseline)
     settings = {
-        "budget_seconds": budget, "eval_seconds": eval_seconds, "seeds": list(seeds), "baseline": baseline,
+        "budget_seconds": budget.seconds, "eval_seconds": budget.eval_seconds, "budget_iterations": budget.iterations,
+        "eval_iterations": budget.eval_iterations, "seeds": list(seeds), "baseline": baseline,
         "evaluation": asdict(evaluation), "config": config_paths if config_paths is None else str(config_paths),
         "overrides": list(overrides), "runs": {s.label: s.overrides for s in specs},
     }
     (out / "results.json").write_text(json.dumps({**settings, "summary": summary, "results": results}, indent=1))
-    write_plots(results, budget, out, base_k)
+    write_plots(results, summary["seconds_end"], out, base_k)
     markdown = "\n\n".join([summary_table(summary, baseline), paired_table(summary), cost_table(summary)])
     (out / "table.md").write_text(markdown + "\n")
     return markdown

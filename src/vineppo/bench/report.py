@@ -3,9 +3,13 @@ of the figures the issue asks for, paired differences against a baseline and bet
 iteration's costs, the markdown tables and the plots.
 
 Figures of one run: test accuracy at fixed training-second marks; the area under its accuracy-vs-seconds curve
-over the budget (AUC, an accuracy); the seconds and generated tokens to reach accuracy thresholds (over the seeds
-that reach them; how many did is given); iterations per second; and, on the GPU cost axis (vineppo.bench.cost),
-the area under the accuracy-vs-cost curve up to the smallest cost every run of the comparison reached.
+over the budget (AUC, an accuracy; over the seconds every run covered, if a run stopped earlier at its iteration
+budget); the seconds and generated tokens to reach accuracy thresholds (over the seeds that reach them; how many
+did is given); iterations per second; on the GPU cost axes (vineppo.bench.cost), the area under the
+accuracy-vs-cost curve up to the smallest cost every run of the comparison reached; and on the iterations axis
+(equal policy samples: every method samples the same prompts x samples an iteration), the area under
+accuracy-vs-iterations up to the fewest iterations every run made, which says whether a method learns more per
+sample apart from what its iterations cost.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from contextlib import contextmanager
 from functools import partial
 from itertools import combinations
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from vineppo.analysis.plots import pyplot
 
@@ -25,11 +29,6 @@ from vineppo.bench.cost import (GENERATED, GPU_COSTS, measured_generation_cost, 
 from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
-
-
-def area_over(points: Sequence[dict], key: str, end: float) -> float:
-    """The area under accuracy against `key` (seconds, a cost) up to `end`, as a mean accuracy."""
-    return area_under_curve([{"seconds": p[key], "accuracy": p["accuracy"]} for p in points], end)
 
 
 def default_thresholds(results: Runs) -> list[float]:
@@ -42,27 +41,34 @@ def summarize(
     results: Runs, budget: float, marks: list[float] | None = None, thresholds: list[float] | None = None,
     baseline: str | None = None,
 ) -> dict:
-    marks = marks or [budget / 4, budget / 2, budget]
+    seconds_end = min(budget, reached_by_all(results, "seconds"))
+    marks = marks or [seconds_end / 4, seconds_end / 2, seconds_end]
     thresholds = thresholds or default_thresholds(results)
     cost_end = {m.name: reached_by_all(results, f"cost/{m.name}") for m in GPU_COSTS}
+    iterations_end = reached_by_all(results, "iteration")
 
     def per_seed(runs: dict[int, dict]) -> dict[str, dict[int, float]]:
-        figures: dict[str, dict[int, float]] = {"auc": {}, "iterations_per_second": {}}
+        figures: dict[str, dict[int, float]] = {"auc": {}, "auc_iterations": {}, "iterations_per_second": {}}
         for seed, run in runs.items():
             points = run["points"]
-            figures["auc"][seed] = area_under_curve(points, budget)
+            figures["auc"][seed] = area_under_curve(points, seconds_end)
+            figures["auc_iterations"][seed] = area_under_curve(points, iterations_end, "iteration")
             figures["iterations_per_second"][seed] = points[-1]["iteration"] / points[-1]["seconds"]
             for mark in marks:
                 figures.setdefault(f"accuracy_at_{mark:g}s", {})[seed] = accuracy_at(points, mark)
             for name, end in cost_end.items():
-                figures.setdefault(f"auc_{name}", {})[seed] = area_over(points, f"cost/{name}", end)
+                figures.setdefault(f"auc_{name}", {})[seed] = area_under_curve(points, end, f"cost/{name}")
         return figures
+
+    def pairs(figure: str) -> dict[str, dict]:
+        return {f"{a} - {b}": paired_differences(figures[a][figure], figures[b][figure]).as_dict()
+                for a, b in combinations(results, 2)}
 
     figures = {label: per_seed(runs) for label, runs in results.items()}
     summary: dict[str, dict] = {
-        "marks": marks, "thresholds": thresholds, "cost_ends": cost_end, "runs": {},
-        "paired_auc": {f"{a} - {b}": paired_differences(figures[a]["auc"], figures[b]["auc"]).as_dict()
-                       for a, b in combinations(results, 2)},
+        "marks": marks, "thresholds": thresholds, "seconds_end": seconds_end, "cost_ends": cost_end,
+        "iterations_end": iterations_end, "runs": {},
+        "paired_auc": pairs("auc"), "paired_auc_iterations": pairs("auc_iterations"),
         "per_iteration": {label: per_iteration(runs) for label, runs in results.items()},
     }
     records = [record for runs in results.values() for run in runs.values() for record in run["iterations"]]
@@ -114,31 +120,37 @@ def _interval(figure: dict, percent: bool = True, signed: bool = False) -> str:
 def summary_table(summary: dict, baseline: str | None = None) -> str:
     """The markdown table: per run label, mean [95% interval] over the seeds (accuracies in points)."""
     marks, thresholds = summary["marks"], summary["thresholds"]
+    by_iterations = f"AUC (first {summary['iterations_end']:g} iterations)"
     headers = ["run", "seeds", "iterations/s", *(f"accuracy at {m:g} s" for m in marks), "AUC (seconds)",
-               *(f"AUC ({m.name} cost)" for m in GPU_COSTS), *(f"seconds to {t:.0%}" for t in thresholds)]
+               *(f"AUC ({m.name} cost)" for m in GPU_COSTS), by_iterations,
+               *(f"seconds to {t:.0%}" for t in thresholds)]
     if baseline is not None:
-        headers += [f"AUC - {baseline}", *(f"AUC ({m.name}) - {baseline}" for m in GPU_COSTS)]
+        headers += [f"AUC - {baseline}", *(f"AUC ({m.name}) - {baseline}" for m in GPU_COSTS),
+                    f"{by_iterations} - {baseline}"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for label, entry in summary["runs"].items():
         reach = [entry[f"seconds_to_{t:g}"] for t in thresholds]
         cells = [
             label, str(entry["auc"]["n"]), _interval(entry["iterations_per_second"], percent=False),
             *(_interval(entry[f"accuracy_at_{m:g}s"]) for m in marks), _interval(entry["auc"]),
-            *(_interval(entry[f"auc_{m.name}"]) for m in GPU_COSTS),
+            *(_interval(entry[f"auc_{m.name}"]) for m in GPU_COSTS), _interval(entry["auc_iterations"]),
             *(f"{_interval(r, percent=False)} ({r['n']}/{r['of']})" for r in reach),
         ]
         if baseline is not None:
             paired = entry.get("vs_baseline")
-            names = ["auc", *(f"auc_{m.name}" for m in GPU_COSTS)]
+            names = ["auc", *(f"auc_{m.name}" for m in GPU_COSTS), "auc_iterations"]
             cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def paired_table(summary: dict) -> str:
-    """Every pair of runs: the mean over seeds of (first's AUC - second's AUC, same seed), with its interval."""
-    lines = ["| pair (same seeds) | AUC difference (seconds) |", "|---|---|"]
-    lines += [f"| {pair} | {_interval(diff, signed=True)} |" for pair, diff in summary["paired_auc"].items()]
+    """Every pair of runs: the mean over seeds of (first's AUC - second's AUC, same seed), with its interval, on the
+    seconds and on the iterations axis."""
+    lines = ["| pair (same seeds) | AUC difference (seconds) | AUC difference (iterations) |", "|---|---|---|"]
+    lines += [f"| {pair} | {_interval(diff, signed=True)} | "
+              f"{_interval(summary['paired_auc_iterations'][pair], signed=True)} |"
+              for pair, diff in summary["paired_auc"].items()]
     return "\n".join(lines)
 
 
@@ -163,8 +175,7 @@ def cost_table(summary: dict) -> str:
 
 def _band(runs: dict[int, dict], key: str, grid: list[float]) -> tuple[list[float], list[float], list[float]]:
     """The mean and 95% interval over the seeds of accuracy (a step function of `key`) on `grid`."""
-    columns = [[accuracy_at([{"seconds": p[key], "accuracy": p["accuracy"]} for p in r["points"]], x)
-                for r in runs.values()] for x in grid]
+    columns = [[accuracy_at(r["points"], x, key) for r in runs.values()] for x in grid]
     intervals: list[Interval] = [mean_interval(c) for c in columns]
     mean = [i.mean for i in intervals]
     low = [i.low if i.n > 1 else i.mean for i in intervals]
@@ -210,7 +221,8 @@ def plot_generalization(results: Runs, path: Path) -> None:
 
 
 def reached_by_all(results: Runs, key: str) -> float:
-    """The smallest final value of `key` (tokens, a cost) over all runs: the stretch every run covers."""
+    """The smallest final value of `key` (seconds, iterations, tokens, a cost) over all runs: the stretch every run
+    covers."""
     return min(r["points"][-1][key] for runs in results.values() for r in runs.values())
 
 
@@ -221,11 +233,13 @@ def ablation_k(label: str) -> int | None:
     return int(found[1]) if found else None
 
 
-def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
+def write_plots(results: Runs, seconds_end: float, out: Path, base_k: int) -> None:
     methods = {label: runs for label, runs in results.items() if ablation_k(label) is None}
-    plot_bands(methods, "seconds", budget, "training seconds (sampling + credit + update)",
+    plot_bands(methods, "seconds", seconds_end, "training seconds (sampling + credit + update)",
                out / "accuracy_vs_seconds.png")
     last = partial(reached_by_all, results)
+    plot_bands(methods, "iteration", last("iteration"), "iterations (equal policy samples)",
+               out / "accuracy_vs_iterations.png")
     plot_bands(methods, "tokens", last("tokens"), "generated tokens (policy + MC rollouts)",
                out / "accuracy_vs_tokens.png")
     for model in GPU_COSTS:
@@ -238,5 +252,5 @@ def write_plots(results: Runs, budget: float, out: Path, base_k: int) -> None:
         if "vineppo" in results:
             ablation[f"vineppo K={base_k}"] = results["vineppo"]
         ablation = dict(sorted(ablation.items(), key=lambda item: ablation_k(item[0])))
-        plot_bands(ablation, "seconds", budget, "training seconds (sampling + credit + update)",
+        plot_bands(ablation, "seconds", seconds_end, "training seconds (sampling + credit + update)",
                    out / "k_ablation.png", "VinePPO: MC rollouts per step boundary")

@@ -4,7 +4,8 @@ confidence interval (Student's t over the seeds: the runs of one method are inde
 A run's points are `{"seconds", "tokens", "accuracy", "iteration"}` dicts in time order, the first at 0 s. Its
 accuracy at time t is the accuracy of its last evaluation at or before t: the model one would have at t, as last
 measured (a step function). Its area under the accuracy-vs-seconds curve is that step function's mean over
-[0, budget], an accuracy (1 = right from the start).
+[0, budget], an accuracy (1 = right from the start). Both read another axis than seconds (`key`: iterations, tokens,
+a cost) alike.
 """
 
 from __future__ import annotations
@@ -51,17 +52,17 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
     return Interval(mean, quantile * statistics.stdev(values) / math.sqrt(n), n)
 
 
-def accuracy_at(points: Sequence[dict], seconds: float) -> float:
-    """The accuracy of the last evaluation at or before `seconds`."""
-    return [p for p in points if p["seconds"] <= seconds][-1]["accuracy"]
+def accuracy_at(points: Sequence[dict], at: float, key: str = "seconds") -> float:
+    """The accuracy of the last evaluation at or before `at` (of `key`)."""
+    return [p for p in points if p[key] <= at][-1]["accuracy"]
 
 
-def area_under_curve(points: Sequence[dict], budget: float) -> float:
-    """The mean over [0, budget] of `accuracy_at`: each evaluation's accuracy holds until the next one."""
+def area_under_curve(points: Sequence[dict], budget: float, key: str = "seconds") -> float:
+    """The mean over [0, budget] (of `key`) of `accuracy_at`: each evaluation's accuracy holds until the next one."""
     total = 0.0
     for point, following in zip(points, [*points[1:], None]):
-        start = min(point["seconds"], budget)
-        end = budget if following is None else min(following["seconds"], budget)
+        start = min(point[key], budget)
+        end = budget if following is None else min(following[key], budget)
         total += point["accuracy"] * (end - start)
     return total / budget
 
