@@ -99,16 +99,16 @@ def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand()
     assert paired_table(summary).splitlines()[2] == "| a - b | +15.0 [-48.5, +78.5] | +12.5 [-82.8, +107.8] |"
 
 
-def iteration(seconds, policy, mc, trained):
+def iteration(seconds, policy, mc, trained, lr=1e-4):
     return {"time/sample": seconds / 2, "time/credit": 0.0, "time/update": seconds / 2, "tokens/policy": policy,
-            "tokens/mc": mc, "tokens/update": trained, "tokens/value_update": 0}
+            "tokens/mc": mc, "tokens/update": trained, "tokens/value_update": 0, "train/lr": lr}
 
 
 def test_every_pair_and_the_mean_iteration_by_hand():
     results = {"a": {0: run(0, [0.5, 0.8, 0.9]), 1: run(1, [0.5, 0.6, 0.7])},
                "b": {0: run(0, [0.5, 0.5, 0.6]), 1: run(1, [0.5, 0.5, 0.5])},
                "c": {0: run(0, [0.5, 0.9, 0.9]), 1: run(1, [0.5, 0.9, 0.9])}}
-    results["a"][0]["iterations"] = [iteration(2.0, 100, 900, 400), iteration(4.0, 100, 300, 400)]
+    results["a"][0]["iterations"] = [iteration(2.0, 100, 900, 400, lr=1e-5), iteration(4.0, 100, 300, 400)]
     results["a"][1]["iterations"] = [iteration(3.0, 100, 600, 400)]
     summary = summarize(results, budget=20, marks=[10, 20], thresholds=[0.6])
     # AUC over 20 s by seed: a 0.65, 0.55; b 0.5, 0.5; c 0.7, 0.7
@@ -118,15 +118,16 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     assert pairs["a - c"]["high"] == pytest.approx(-0.1 + 12.706205 * 0.05, rel=1e-6)
     assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] | +10.0 [-53.5, +73.5] |"
     # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
-    # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000
+    # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000; learning rates 1e-5, 1e-4, 1e-4
     assert summary["per_iteration"]["a"] == pytest.approx(
         {"seconds": 3.0, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400,
-         "update_ms_per_1k_trained": 3750.0})
+         "update_ms_per_1k_trained": 3750.0, "lr": 7e-5})
     assert summary["per_iteration"]["b"] == {}
     # generation 4.5 s for 2,100 tokens, update 4.5 s for 1,200 trained tokens
     assert summary["cpu_generation_cost"] == pytest.approx((4.5 / 2100) / (4.5 / 1200))
     rows = cost_table(summary).splitlines()
-    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 | 3750.0 |" and len(rows) == 5 and "0.57 trained tokens" in rows[4]
+    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 | 3750.0 | 7.0e-05 |" and len(rows) == 5
+    assert "0.57 trained tokens" in rows[4]
 
 
 def test_the_cost_model_counts_generated_and_trained_tokens():
@@ -143,7 +144,7 @@ def test_the_cost_model_counts_generated_and_trained_tokens():
     # a run that trained nothing has no update cost: a dash in the table, not a made-up 0 ms
     summary = {"per_iteration": {"u": per_iteration({0: {"iterations": [untrained]}})}, "cpu_generation_cost": None}
     assert summary["per_iteration"]["u"]["update_ms_per_1k_trained"] is None
-    assert cost_table(summary).splitlines()[2] == "| u | 14.00 | 100 + 900 | 0 | — |"
+    assert cost_table(summary).splitlines()[2] == "| u | 14.00 | 100 + 900 | 0 | — | — |"  # nor a rate recorded
 
 
 def test_a_finished_run_is_not_run_again_and_a_cut_short_one_starts_over(tmp_path):
@@ -208,6 +209,7 @@ def test_a_tiny_seeded_comparison_writes_results_plots_and_table_and_resumes(
             assert points[0]["iteration"] == 0 and points[-1]["seconds"] >= 1
             assert all("train_accuracy" in p and p["cost/gpu_7b"] > 0 for p in points[1:])
             assert len(run["iterations"]) == points[-1]["iteration"]
+            assert all(0 < record["train/lr"] <= 1e-4 for record in run["iterations"])  # the rate steps took
     assert results["summary"]["runs"]["vineppo"]["vs_baseline"]["auc"]["n"] == 2
     assert results["evaluation"] == {"samples": 2, "temperature": 0.35}
     for name in ("accuracy_vs_seconds", "accuracy_vs_iterations", "accuracy_vs_tokens", "accuracy_vs_gpu_7b_cost",

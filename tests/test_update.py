@@ -279,3 +279,26 @@ def test_trained_rollouts_join_the_samples_mini_batches_without_adding_optimizer
         steps.append(len(taken))
         assert sum(seen) == 2 * len(eps)  # every episode once an epoch
     assert steps == [4, 4]
+
+
+def test_the_learning_rate_logged_is_the_mean_of_the_rates_the_steps_took(model):
+    """An iteration's `lr` is what its steps trained at (the bench's cost table reads it to show a warmup that
+    holds a slow method's rate down), not the rate after its last step."""
+    from vineppo.update import minibatch_steps
+
+    train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=4, micro_batch_size=2,
+                        epochs=2)
+    policy = copy.deepcopy(model)
+    batches, _ = prepare(policy, policy, episodes(8), pad_id=0, micro_batch_size=2, temperature=1.0,
+                         whiten_advantages=False, device=torch.device("cpu"))
+    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step + 1)  # 0.1, 0.2, 0.3, 0.4, ...
+
+    def micro_loss(trained, b, totals):
+        return (trained.model.embed_tokens.weight * 0).sum(), {}
+
+    trained = Trained(policy, optimizer, scheduler)
+    stats = minibatch_steps(trained, batches, train, torch.Generator().manual_seed(0), micro_loss)
+    assert stats["lr"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)  # 2 steps an epoch, 2 epochs
+    nothing = minibatch_steps(trained, [], train, torch.Generator().manual_seed(0), micro_loss)
+    assert nothing["lr"] == pytest.approx(0.5)  # no step taken: the schedule's current rate

@@ -120,8 +120,8 @@ def minibatch_steps(
     passes of a zero loss).
     `per_mini_batch(micro-batches)`, when given, turns each step's micro-batches into the ones to train on (every
     rank calls it once per step, also with none: it may be a collective; PPO whitens advantages with it).
-    Returns the per-step means of `micro_loss`'s statistics and of `grad_norm` (before clipping), the last `lr`,
-    and `tokens`: this rank's tokens (prompt + response) through the training forwards and backwards, every epoch
+    Returns the per-step means of `micro_loss`'s statistics, of `grad_norm` (before clipping) and of `lr` (the rate
+    each step took; the schedule's current one if none was taken), and `tokens`: this rank's tokens (prompt + response) through the training forwards and backwards, every epoch
     counted (the cost model of vineppo.bench.cost).
     """
     per_step = micro_batches or micro_batches_per_step(train)
@@ -158,6 +158,7 @@ def minibatch_steps(
             except NonFiniteError as exc:  # raised before the step could poison the weights
                 losses = ", ".join(f"{k} {v}" for k, v in step_stats.items() if k.startswith("loss/"))
                 raise NonFiniteError(f"{exc} ({losses})") from None
+            step_stats["lr"] = trained.scheduler.get_last_lr()[0]
             trained.scheduler.step()
             step_stats["grad_norm"] = grad_norm
             for name, value in step_stats.items():
@@ -166,7 +167,7 @@ def minibatch_steps(
             if on_step is not None:
                 on_step()
     stats = {name: value / steps for name, value in sums.items()}
-    stats["lr"] = trained.scheduler.get_last_lr()[0]
+    stats.setdefault("lr", trained.scheduler.get_last_lr()[0])
     stats["tokens"] = trained_tokens
     return stats
 

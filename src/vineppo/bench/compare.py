@@ -46,7 +46,7 @@ so long budgets and fast methods (DPO+, skipped groups: 5-6 iterations a second 
 higher, and `train.warmup_ratio` lower with it: the warmup is that share of the horizon (0.03 x 1000 = 30
 iterations; 0.003 keeps 30 at 10,000)."""
 PER_ITERATION = ("time/sample", "time/credit", "time/update", "tokens/policy", "tokens/mc", "tokens/update",
-                 "tokens/value_update", "train/accuracy")
+                 "tokens/value_update", "train/accuracy", "train/lr")
 
 
 @dataclass(frozen=True)

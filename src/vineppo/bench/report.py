@@ -93,16 +93,18 @@ def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
     """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained; and the
     update's milliseconds per 1,000 trained tokens over all of them (None where nothing was trained), which
     compares the machine's speed between runs of one method (or of methods that update alike) made at different
-    times."""
+    times; and the mean learning rate (None for runs recorded before it was)."""
     records = [record for run in runs.values() for record in run["iterations"]]
     if not records:
         return {}
     update_cost = update_seconds_per_trained_token(records)
+    rates = [r["train/lr"] for r in records if "train/lr" in r]
     return {
         "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
         "tokens/trained": statistics.fmean(trained_tokens(r) for r in records),
         "update_ms_per_1k_trained": None if update_cost is None else 1e6 * update_cost,
+        "lr": statistics.fmean(rates) if rates else None,
     }
 
 
@@ -156,17 +158,18 @@ def paired_table(summary: dict) -> str:
 
 def cost_table(summary: dict) -> str:
     """Per run label, its mean iteration: seconds, generated tokens (policy + MC), trained tokens, the update's
-    milliseconds per 1,000 trained tokens; then this machine's generation cost measured from every iteration
-    (vineppo.bench.cost)."""
+    milliseconds per 1,000 trained tokens, the learning rate its steps took (a warmup counted in iterations holds a
+    method with few iterations in the budget below the others' rate); then this machine's generation cost measured
+    from every iteration (vineppo.bench.cost)."""
     header = ("| run | seconds per iteration | generated tokens per iteration (policy + MC) | trained tokens per iteration "
-              "| update ms per 1,000 trained tokens |")
-    lines = [header, "|---|---|---|---|---|"]
+              "| update ms per 1,000 trained tokens | mean learning rate |")
+    lines = [header, "|---|---|---|---|---|---|"]
     for label, mean in summary["per_iteration"].items():
         if mean:
-            update_ms = mean["update_ms_per_1k_trained"]
+            update_ms, lr = mean["update_ms_per_1k_trained"], mean["lr"]
             lines.append(f"| {label} | {mean['seconds']:.2f} | {mean['tokens/policy']:,.0f} + "
                          f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} | "
-                         f"{'—' if update_ms is None else f'{update_ms:.1f}'} |")
+                         f"{'—' if update_ms is None else f'{update_ms:.1f}'} | {'—' if lr is None else f'{lr:.1e}'} |")
     if summary["cpu_generation_cost"] is not None:
         lines.append(f"\nOn this machine a generated token cost {summary['cpu_generation_cost']:.2f} trained tokens "
                      "(sampling + credit seconds per generated token / update seconds per trained token).")
