@@ -121,8 +121,9 @@ def minibatch_steps(
     `per_mini_batch(micro-batches)`, when given, turns each step's micro-batches into the ones to train on (every
     rank calls it once per step, also with none: it may be a collective; PPO whitens advantages with it).
     Returns the per-step means of `micro_loss`'s statistics, of `grad_norm` (before clipping) and of `lr` (the rate
-    each step took; the schedule's current one if none was taken), and `tokens`: this rank's tokens (prompt + response) through the training forwards and backwards, every epoch
-    counted (the cost model of vineppo.bench.cost).
+    each step took; the schedule's current one if none was taken), and `tokens`: this rank's tokens (prompt +
+    response) through the training forwards and backwards, every epoch counted (the cost model of
+    vineppo.bench.cost).
     """
     per_step = micro_batches or micro_batches_per_step(train)
     micro = rows_per_micro_batch or train.micro_batch_size

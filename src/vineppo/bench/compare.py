@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 
 from vineppo.algorithms import METHODS
-from vineppo.bench.cost import GPU_COSTS, iteration_cost
+from vineppo.bench.cost import GPU_COSTS, generated_tokens, iteration_cost
 from vineppo.bench.report import cost_table, paired_table, summarize, summary_table, write_plots
 from vineppo.config import ConfigError, ConfigPaths, load_config
 from vineppo.engine.base import SamplingParams
@@ -150,7 +150,7 @@ def run_one(
             metrics = trainer.iteration(iteration)
             seconds += time.perf_counter() - started
             iterations.append({key: metrics.get(key, 0) for key in PER_ITERATION})
-            tokens += int(metrics["tokens/policy"] + metrics["tokens/mc"])
+            tokens += int(generated_tokens(metrics))
             for model in GPU_COSTS:
                 costs[model.name] = costs.get(model.name, 0.0) + iteration_cost(metrics, model)
             train_accuracies.append(metrics["train/accuracy"])
