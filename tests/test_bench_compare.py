@@ -12,7 +12,8 @@ from tiny import TINY
 from vineppo.bench import compare as compare_module
 from vineppo.bench.compare import Budget, RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
-from vineppo.bench.report import ablation_k, cost_table, paired_table, per_iteration, summarize, summary_table
+from vineppo.bench.report import (ablation_k, cost_table, cut_to_figures, default_marks, paired_table, per_iteration,
+                                  summarize, summary_table)
 from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
 from vineppo.cli import USAGE_ERROR, main
 from vineppo.config import ConfigError, load_config
@@ -78,6 +79,14 @@ def test_the_summary_and_table_by_hand():
     assert rows[0].endswith("| AUC (first 4 iterations) - b |")
     assert rows[3].startswith("| b | 2 | 0.2 [0.2, 0.2] | 50.0 [50.0, 50.0] | 55.0 [-8.5, 118.5] |")
     assert rows[3].endswith("| 50.0 [50.0, 50.0] | 20.0 (1/2) | — | — | — | — |")
+
+
+def test_default_marks_are_cut_to_three_figures_never_past_the_seconds_covered():
+    assert default_marks(20.0) == [5.0, 10.0, 20.0]
+    assert default_marks(11.35) == [2.83, 5.67, 11.3]  # 2.8375, 5.675, 11.35 cut, not rounded
+    assert default_marks(1234.5) == [308.0, 617.0, 1230.0]
+    assert cut_to_figures(0.29) == 0.29 and cut_to_figures(0.0123456) == 0.0123
+    assert all(cut_to_figures(x) <= x for x in (0.1 * i + 0.07 for i in range(1, 500)))
 
 
 def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand():

@@ -14,6 +14,7 @@ sample apart from what its iterations cost.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from contextlib import contextmanager
@@ -37,12 +38,24 @@ def default_thresholds(results: Runs) -> list[float]:
     return [round(start + 0.1, 2), round(start + 0.2, 2)]
 
 
+def default_marks(seconds_end: float) -> list[float]:
+    """A quarter, half and all of the seconds every run covered, cut (never rounded up) to 3 significant figures,
+    so that a mark is printable and never lies past the seconds it stands for."""
+    return [cut_to_figures(seconds_end * share) for share in (0.25, 0.5, 1.0)]
+
+
+def cut_to_figures(value: float, figures: int = 3) -> float:
+    """`value` (> 0) cut down to `figures` significant figures (the 1e-9 absorbs binary fractions such as 0.29)."""
+    scale = 10.0 ** (figures - 1 - math.floor(math.log10(value)))
+    return math.floor(value * scale + 1e-9) / scale
+
+
 def summarize(
     results: Runs, budget: float, marks: list[float] | None = None, thresholds: list[float] | None = None,
     baseline: str | None = None,
 ) -> dict:
     seconds_end = min(budget, reached_by_all(results, "seconds"))
-    marks = marks or [seconds_end / 4, seconds_end / 2, seconds_end]
+    marks = marks or default_marks(seconds_end)
     thresholds = thresholds or default_thresholds(results)
     cost_end = {m.name: reached_by_all(results, f"cost/{m.name}") for m in GPU_COSTS}
     iterations_end = reached_by_all(results, "iteration")
