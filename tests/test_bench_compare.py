@@ -10,6 +10,7 @@ import pytest
 from tiny import TINY
 
 from vineppo.bench import compare as compare_module
+from vineppo.bench import report as report_module
 from vineppo.bench.compare import Budget, RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
 from vineppo.bench.report import (ablation_k, cost_table, cut_to_figures, default_marks, paired_table, per_iteration,
@@ -87,6 +88,26 @@ def test_default_marks_are_cut_to_three_figures_never_past_the_seconds_covered()
     assert default_marks(1234.5) == [308.0, 617.0, 1230.0]
     assert cut_to_figures(0.29) == 0.29 and cut_to_figures(0.0123456) == 0.0123
     assert all(cut_to_figures(x) <= x for x in (0.1 * i + 0.07 for i in range(1, 500)))
+
+
+@pytest.mark.parametrize("labels, drawn_with_methods, drawn_in_ablation", [
+    # plain vineppo (base K = 9) stands for VinePPO in the method figures; the K runs go to the ablation only
+    (["grpo", "vineppo", "vineppo K=3", "vineppo K=3 reuse"], ["grpo", "vineppo", "vineppo K=3 reuse"],
+     ["vineppo K=3", "vineppo K=9"]),
+    # without plain vineppo the K runs are drawn with the methods too, so that VinePPO is never missing there
+    (["restem", "grpo", "vineppo K=3"], ["restem", "grpo", "vineppo K=3"], ["vineppo K=3"]),
+])
+def test_every_figure_draws_vineppo(tmp_path, monkeypatch, labels, drawn_with_methods, drawn_in_ablation):
+    drawn = {}
+    def record(runs, *_, path=None, **__):
+        drawn[path.name] = list(runs)
+    monkeypatch.setattr(report_module, "plot_bands", lambda runs, key, end, label, path, title="": record(runs, path=path))
+    monkeypatch.setattr(report_module, "plot_generalization", lambda runs, path: record(runs, path=path))
+    report_module.write_plots({label: {0: run(0, [0.5, 0.6, 0.7])} for label in labels}, 20.0, tmp_path, base_k=9)
+    ablation = drawn.pop("k_ablation.png")
+    assert ablation == drawn_in_ablation
+    assert set(drawn) >= {"accuracy_vs_seconds.png", "accuracy_vs_iterations.png", "generalization.png"}
+    assert all(runs == drawn_with_methods for runs in drawn.values()), drawn
 
 
 def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand():

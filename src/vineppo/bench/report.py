@@ -250,7 +250,10 @@ def ablation_k(label: str) -> int | None:
 
 
 def write_plots(results: Runs, seconds_end: float, out: Path, base_k: int) -> None:
-    methods = {label: runs for label, runs in results.items() if ablation_k(label) is None}
+    """The method figures (every axis) and the K ablation's. The ablation's runs join the method figures only when
+    plain `vineppo` is not among the runs to stand for VinePPO there (e.g. `--methods restem grpo --k 3`)."""
+    plain = "vineppo" in results
+    methods = {label: runs for label, runs in results.items() if not plain or ablation_k(label) is None}
     plot_bands(methods, "seconds", seconds_end, "training seconds (sampling + credit + update)",
                out / "accuracy_vs_seconds.png")
     last = partial(reached_by_all, results)
@@ -265,7 +268,7 @@ def write_plots(results: Runs, seconds_end: float, out: Path, base_k: int) -> No
     plot_generalization(methods, out / "generalization.png")
     ablation = {label: runs for label, runs in results.items() if ablation_k(label) is not None}
     if ablation:
-        if "vineppo" in results:
+        if plain:
             ablation[f"vineppo K={base_k}"] = results["vineppo"]
         ablation = dict(sorted(ablation.items(), key=lambda item: ablation_k(item[0])))
         plot_bands(ablation, "seconds", seconds_end, "training seconds (sampling + credit + update)",
