@@ -99,10 +99,11 @@ def test_default_marks_are_cut_to_three_figures_never_past_the_seconds_covered()
 ])
 def test_every_figure_draws_vineppo(tmp_path, monkeypatch, labels, drawn_with_methods, drawn_in_ablation):
     drawn = {}
-    def record(runs, *_, path=None, **__):
+    def record(runs, path):
         drawn[path.name] = list(runs)
-    monkeypatch.setattr(report_module, "plot_bands", lambda runs, key, end, label, path, title="": record(runs, path=path))
-    monkeypatch.setattr(report_module, "plot_generalization", lambda runs, path: record(runs, path=path))
+
+    monkeypatch.setattr(report_module, "plot_bands", lambda runs, key, end, label, path, title="": record(runs, path))
+    monkeypatch.setattr(report_module, "plot_generalization", record)
     report_module.write_plots({label: {0: run(0, [0.5, 0.6, 0.7])} for label in labels}, 20.0, tmp_path, base_k=9)
     ablation = drawn.pop("k_ablation.png")
     assert ablation == drawn_in_ablation
