@@ -13,9 +13,10 @@ from vineppo.bench import compare as compare_module
 from vineppo.bench import report as report_module
 from vineppo.bench.compare import Budget, RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
-from vineppo.bench.report import (ablation_k, cost_table, cut_to_figures, default_marks, paired_table, per_iteration,
-                                  summarize, summary_table)
-from vineppo.bench.stats import accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
+from vineppo.bench.report import (ablation_k, coarse_iterations_note, cost_table, cut_to_figures, default_marks,
+                                  paired_table, per_iteration, summarize, summary_table)
+from vineppo.bench.stats import (accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences,
+                                 widest_step)
 from vineppo.cli import USAGE_ERROR, main
 from vineppo.config import ConfigError, load_config
 from vineppo.runlog import read_metrics
@@ -46,6 +47,9 @@ def test_accuracy_at_area_and_first_reaching_by_hand():
     # the same step function on the iterations axis: 0.5 for 3 iterations, 0.8 for 3, 0.7 for the 7th
     assert [accuracy_at(POINTS, i, "iteration") for i in (2, 3, 7)] == [0.5, 0.8, 0.7]
     assert area_under_curve(POINTS, 7, "iteration") == pytest.approx((1.5 + 2.4 + 0.7) / 7)
+    # the widest step: 10 s then 10 s, cut at 25 s to 5; over 15 s, 10 then 5; over iterations 0, 3, 6 to 7: 3
+    assert widest_step(POINTS, 25) == 10 and widest_step(POINTS, 15) == 10 and widest_step(POINTS, 5) == 5
+    assert widest_step(POINTS, 7, "iteration") == 3
 
 
 def test_paired_differences_pair_by_seed():
@@ -128,6 +132,19 @@ def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand()
     assert summary["paired_auc_iterations"]["a - b"]["mean"] == pytest.approx(0.125)
     # seconds: differences 0.1 and 0.2 (half-width 12.706205 * 0.05); iterations: 0.05 and 0.2 (12.706205 * 0.075)
     assert paired_table(summary).splitlines()[2] == "| a - b | +15.0 [-48.5, +78.5] | +12.5 [-82.8, +107.8] |"
+
+
+def test_runs_evaluated_too_sparsely_in_iterations_are_named_under_the_tables():
+    # over the 8 iterations both reach: "every" is evaluated every 2 (a quarter of the axis, fine), "sparse" at 0,
+    # 5 and 10 (5 of the 8 under its first evaluation, the last 3 under its second)
+    every = run(0, [0.5] * 5, seconds=(0.0, 5.0, 10.0, 15.0, 20.0), iterations=(0, 2, 4, 6, 8))
+    sparse = run(0, [0.5, 0.7, 0.8], iterations=(0, 5, 10))
+    summary = summarize({"every": {0: every}, "sparse": {0: sparse}}, budget=20)
+    assert summary["iterations_end"] == 8 and summary["widest_iteration_step"] == {"every": 2, "sparse": 5}
+    assert coarse_iterations_note(summary) == (
+        "The AUC over iterations is coarse for sparse (up to 5): that many of the first 8 iterations lie under one "
+        "evaluation's accuracy. `--eval-iterations` evaluates every run at the same iterations.")
+    assert coarse_iterations_note(summarize({"every": {0: every}}, budget=20)) == ""
 
 
 def iteration(seconds, policy, mc, trained, lr=1e-4):

@@ -27,7 +27,8 @@ from vineppo.analysis.plots import pyplot
 
 from vineppo.bench.cost import (GENERATED, GPU_COSTS, measured_generation_cost, trained_tokens,
                                 update_seconds_per_trained_token)
-from vineppo.bench.stats import Interval, accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences
+from vineppo.bench.stats import (Interval, accuracy_at, area_under_curve, first_reaching, mean_interval,
+                                 paired_differences, widest_step)
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
 
@@ -83,6 +84,9 @@ def summarize(
         "iterations_end": iterations_end, "runs": {},
         "paired_auc": pairs("auc"), "paired_auc_iterations": pairs("auc_iterations"),
         "per_iteration": {label: per_iteration(runs) for label, runs in results.items()},
+        "widest_iteration_step": {
+            label: max(widest_step(r["points"], iterations_end, "iteration") for r in runs.values())
+            for label, runs in results.items()},
     }
     records = [record for runs in results.values() for run in runs.values() for record in run["iterations"]]
     summary["cpu_generation_cost"] = measured_generation_cost(records)
@@ -167,6 +171,19 @@ def paired_table(summary: dict) -> str:
               f"{_interval(summary['paired_auc_iterations'][pair], signed=True)} |"
               for pair, diff in summary["paired_auc"].items()]
     return "\n".join(lines)
+
+
+def coarse_iterations_note(summary: dict) -> str:
+    """A warning (or "") naming the runs whose evaluations lie too far apart in iterations for the AUC over
+    iterations to compare them: more than a quarter of the axis under one evaluation's accuracy, as in a seconds
+    budget where a fast method is evaluated every dozen iterations and a slow one every two."""
+    end = summary["iterations_end"]
+    steps = {label: step for label, step in summary["widest_iteration_step"].items() if step > end / 4}
+    if not steps:
+        return ""
+    named = ", ".join(f"{label} (up to {step:g})" for label, step in steps.items())
+    return (f"The AUC over iterations is coarse for {named}: that many of the first {end:g} iterations lie under "
+            "one evaluation's accuracy. `--eval-iterations` evaluates every run at the same iterations.")
 
 
 def cost_table(summary: dict) -> str:

@@ -67,6 +67,13 @@ def area_under_curve(points: Sequence[dict], budget: float, key: str = "seconds"
     return total / budget
 
 
+def widest_step(points: Sequence[dict], end: float, key: str = "seconds") -> float:
+    """The longest stretch of [0, end] (of `key`) over which one evaluation's accuracy holds in `area_under_curve`:
+    how finely that area resolves the curve."""
+    starts = [min(p[key], end) for p in points] + [end]
+    return max(b - a for a, b in zip(starts, starts[1:]))
+
+
 def first_reaching(points: Sequence[dict], threshold: float, key: str) -> float | None:
     """`key` (seconds, tokens) at the first evaluation with accuracy >= `threshold`; None if none reaches it."""
     return next((p[key] for p in points if p["accuracy"] >= threshold), None)
