@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from scipy.stats import t as student_t
 
@@ -57,21 +57,22 @@ def accuracy_at(points: Sequence[dict], at: float, key: str = "seconds") -> floa
     return [p for p in points if p[key] <= at][-1]["accuracy"]
 
 
+def held_stretches(points: Sequence[dict], end: float, key: str = "seconds") -> Iterator[tuple[dict, float]]:
+    """Each evaluation with the length of [0, end] (of `key`) over which its accuracy holds: until the next
+    evaluation, the last one until `end`; evaluations past `end` hold for 0."""
+    bounds = [min(p[key], end) for p in points] + [end]
+    return ((point, stop - start) for point, start, stop in zip(points, bounds, bounds[1:]))
+
+
 def area_under_curve(points: Sequence[dict], budget: float, key: str = "seconds") -> float:
     """The mean over [0, budget] (of `key`) of `accuracy_at`: each evaluation's accuracy holds until the next one."""
-    total = 0.0
-    for point, following in zip(points, [*points[1:], None]):
-        start = min(point[key], budget)
-        end = budget if following is None else min(following[key], budget)
-        total += point["accuracy"] * (end - start)
-    return total / budget
+    return sum(point["accuracy"] * length for point, length in held_stretches(points, budget, key)) / budget
 
 
 def widest_step(points: Sequence[dict], end: float, key: str = "seconds") -> float:
     """The longest stretch of [0, end] (of `key`) over which one evaluation's accuracy holds in `area_under_curve`:
     how finely that area resolves the curve."""
-    starts = [min(p[key], end) for p in points] + [end]
-    return max(b - a for a, b in zip(starts, starts[1:]))
+    return max(length for _, length in held_stretches(points, end, key))
 
 
 def first_reaching(points: Sequence[dict], threshold: float, key: str) -> float | None:
