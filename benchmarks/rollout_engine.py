@@ -5,11 +5,14 @@ responses, they are cut into steps, and every distinct step prefix asks for K co
 max_new_tokens minus the response tokens already in the prefix, as in training). Timed on it:
 
   (a) naive    one `model.generate` per prefix with num_return_sequences=K (the prefix is recomputed K times)
-  (b) engine   vineppo's HFEngine: prefixes batched by length, each prefix computed once, its KV cache expanded
+  (b) engine   vineppo's HFEngine with `share_prefixes=False`: prefixes batched by length, one left-padded forward
+               per group (each prefix computed once), its KV cache expanded to the prefix's K samples
   (c) ceiling  the bare model: the same groups, one prefix forward and the same one-token KV-cached forwards as
                (b) ran, with as many rows each (the engine drops finished rows), with no sampling or bookkeeping
+  (d) shared   HFEngine as the trainer runs it (`share_prefixes=True`): the same groups and decoding as (b), but
+               the states of one response are cut from one forward pass of its longest state (each token once)
 
-It prints generated tokens/s of each, the ratios (b)/(a) and (b)/(c), and the process's peak RSS. With
+It prints generated tokens/s of each, the ratios (b)/(a), (b)/(c) and (d)/(b), and the process's peak RSS. With
 `--uneven` it times instead uneven rollout counts (as `k_allocation: group_spread` and `reuse_samples` ask for:
 here each prefix's count drawn uniformly from 1..2K-1, seeded) through the engine, as one call with per-prefix
 counts against one call per distinct count (as the trainer made them before), and prints the ratio.
@@ -179,7 +182,8 @@ def main() -> None:
     path = ensure_sft_model(cfg) if cfg.model.path == "tiny" else resolve_model_source(cfg.model.path)
     tokenizer = load_tokenizer(path)
     model = load_model(path).eval()
-    engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+    engine = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size, share_prefixes=False)
+    shared = HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
     task = build_task(cfg.task, chat_template_of(tokenizer))
     params = SamplingParams(cfg.engine.temperature, cfg.engine.top_p, cfg.engine.max_new_tokens, task.stop_sequences)
     prefixes, budgets = step_prefixes(engine, tokenizer, task, params, args.prompts, args.samples)
@@ -187,14 +191,18 @@ def main() -> None:
           f"{args.samples} responses, torch threads {torch.get_num_threads()}")
 
     if args.profile:
-        profile_engine(engine, prefixes, budgets, max(args.k), params)
+        profile_engine(shared, prefixes, budgets, max(args.k), params)
     for k in args.k:
         if args.uneven:
-            print(json.dumps(uneven_counts(engine, prefixes, budgets, k, params, args.repeats)))
+            print(json.dumps(uneven_counts(shared, prefixes, budgets, k, params, args.repeats)))
             continue
-        # (b) and (c) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts neither alone.
-        engine_s = ceiling_s = float("inf")
+        # (b), (c) and (d) are fast: the best of --repeats runs each, interleaved, so a busy moment hurts none alone.
+        engine_s = ceiling_s = shared_s = float("inf")
         for _ in range(args.repeats):
+            started = time.perf_counter()
+            shared_results = shared.generate(prefixes, k, params, generator=torch.Generator().manual_seed(1),
+                                             budgets=budgets)
+            shared_s = min(shared_s, time.perf_counter() - started)
             started = time.perf_counter()  # the hook that records the batch sizes costs microseconds per forward
             batches, results = forward_batches(model, lambda: engine.generate(
                 prefixes, k, params, generator=torch.Generator().manual_seed(1), budgets=budgets))
@@ -203,6 +211,7 @@ def main() -> None:
             ceiling(model, engine, prefixes, k, batches)
             ceiling_s = min(ceiling_s, time.perf_counter() - started)
         engine_tokens = sum(len(c.token_ids) for group in results for c in group)
+        shared_tokens = sum(len(c.token_ids) for group in shared_results for c in group)
 
         torch.manual_seed(2)
         started = time.perf_counter()
@@ -210,13 +219,15 @@ def main() -> None:
         naive_s = time.perf_counter() - started
 
         engine_tps, naive_tps = engine_tokens / engine_s, naive_tokens / naive_s
-        ceiling_tps = engine_tokens / ceiling_s
+        ceiling_tps, shared_tps = engine_tokens / ceiling_s, shared_tokens / shared_s
         print(json.dumps({
             "k": k,
             "naive_tokens_per_s": round(naive_tps), "engine_tokens_per_s": round(engine_tps),
-            "ceiling_tokens_per_s": round(ceiling_tps),
+            "ceiling_tokens_per_s": round(ceiling_tps), "shared_tokens_per_s": round(shared_tps),
             "engine_over_naive": round(engine_tps / naive_tps, 2), "engine_over_ceiling": round(engine_tps / ceiling_tps, 2),
-            "seconds": {"naive": round(naive_s, 2), "engine": round(engine_s, 2), "ceiling": round(ceiling_s, 2)},
+            "shared_over_engine": round(shared_tps / engine_tps, 2),
+            "seconds": {"naive": round(naive_s, 2), "engine": round(engine_s, 2), "ceiling": round(ceiling_s, 2),
+                        "shared": round(shared_s, 2)},
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }))
 

@@ -15,7 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from vineppo.engine.base import SamplingParams
-from vineppo.engine.hf import HFEngine
+from vineppo.engine.hf import HFEngine, shared_prefix_roots
 
 EOS, PAD = 2, 0
 PREFIXES = [[1, 5, 6], [1, 7, 8, 9, 10, 11, 3], [1, 4], [1, 12, 13, 14, 15]]
@@ -271,6 +271,66 @@ def test_prefix_is_computed_once_per_group(model: LlamaForCausalLM, forward_shap
     prefix_passes = [shape for shape in forward_shapes if shape[1] > 1]
     assert prefix_passes == [(2, 3), (2, 7)]  # sorted by length: [1,4] + [1,5,6], then [1,12..15] + [1,7..3]
     assert all(shape == (12, 1) for shape in forward_shapes if shape[1] == 1)
+
+
+def test_each_prefix_finds_a_root_that_begins_with_it() -> None:
+    prefixes = [[1, 2], [1, 2, 3, 4], [1, 2, 3], (1, 5), [1, 2, 3, 6], [7], [1, 2], [1, 2, 3, 4]]
+    roots = shared_prefix_roots(prefixes)
+    assert [list(prefixes[roots[i]]) for i in (1, 3, 4, 5)] == [[1, 2, 3, 4], [1, 5], [1, 2, 3, 6], [7]]
+    assert roots[7] == roots[1] and roots[6] == roots[0]  # identical prefixes share one root
+    assert len(set(roots)) == 4  # [1, 2] and [1, 2, 3] take either of the two prefixes that extend them
+    for i, root in enumerate(roots):
+        assert list(prefixes[root][: len(prefixes[i])]) == list(prefixes[i])
+        assert roots[root] == root and not any(  # a root is its own root, and no prefix extends it
+            len(p) > len(prefixes[root]) and list(p[: len(prefixes[root])]) == list(prefixes[root]) for p in prefixes)
+    assert shared_prefix_roots([[3], [1, 2], [2]]) == [0, 1, 2]
+
+
+def step_states(model: PreTrainedModel) -> list[list[int]]:
+    """VinePPO's states of two greedy responses: each prompt, then prompt + its response cut at 3, 7 and 12 tokens,
+    and the second prompt once more; in a shuffled order."""
+    (first,), (second,) = engine(model).generate(PREFIXES[:2], 1, SamplingParams(temperature=0.0, max_new_tokens=14))
+    states = [prompt + completion.token_ids[:cut] for prompt, completion in ((PREFIXES[0], first), (PREFIXES[1], second))
+              for cut in (0, 3, 7, 12)]
+    return [states[i] for i in (5, 0, 7, 2, 1, 4, 6, 3)] + [PREFIXES[1]]
+
+
+def test_shared_prefixes_give_what_separate_forward_passes_give(any_model: PreTrainedModel) -> None:
+    """Prefixes cut from their roots' caches decode as those of one left-padded pass per group (greedy: the same
+    tokens, log-probs within float error), for every grouping, and sampled log-probs are a full forward pass's."""
+    states = step_states(any_model)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=9)
+    budgets = [1 + 2 * i % 9 for i in range(len(states))]
+    for batch_size in (2, 5, 64):  # 2 splits a prefix's 3 samples over groups
+        shared = HFEngine(any_model, batch_size=batch_size, eos_token_id=EOS, pad_token_id=PAD)
+        padded = HFEngine(any_model, batch_size=batch_size, eos_token_id=EOS, pad_token_id=PAD, share_prefixes=False)
+        for a_samples, b_samples in zip(shared.generate(states, 3, greedy, budgets=budgets),
+                                        padded.generate(states, 3, greedy, budgets=budgets)):
+            for a, b in zip(a_samples, b_samples):
+                assert (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason)
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+    temperature = 0.7
+    sampled = engine(any_model, batch_size=8).generate(states, 2, SamplingParams(temperature, max_new_tokens=9),
+                                                       seeded(7), None, budgets)
+    for prefix, samples in zip(states, sampled):
+        for completion in samples:
+            sequence = torch.tensor([prefix + completion.token_ids])
+            with torch.no_grad():
+                logits = any_model(sequence).logits[0, len(prefix) - 1 : -1]
+            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
+            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+
+
+def test_shared_prefix_tokens_are_computed_once(model: LlamaForCausalLM, forward_shapes: list[tuple[int, ...]]) -> None:
+    states = step_states(model)
+    forward_shapes.clear()
+    engine(model, batch_size=6).generate(states, 2, SamplingParams(temperature=1.0, max_new_tokens=1), seeded(8))
+    roots = {tuple(states[r]) for r in shared_prefix_roots(states)}
+    assert len(roots) == 2
+    # one pass of the two roots (the longest states), then one of the last token of each group's 3 prefixes (the
+    # 9 prefixes x 2 samples make 3 groups of 6 rows); one new token needs no decoding pass
+    assert forward_shapes == [(2, max(map(len, roots))), (3, 1), (3, 1), (3, 1)]
 
 
 def test_decoding_stops_when_every_row_has_finished(

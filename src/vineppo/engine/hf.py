@@ -1,14 +1,16 @@
-"""A sampling engine on plain transformers: any causal LM, CPU or GPU, with the prefix computed once per group.
+"""A sampling engine on plain transformers: any causal LM, CPU or GPU, with every prefix token computed once.
 
 VinePPO asks for K continuations of many (prompt + partial response) prefixes. `model.generate` would run every
-prefix K times through the model; here each group of prefixes gets one left-padded forward pass, and its KV cache
-is repeated K times before decoding, so only the new tokens cost K-fold.
+prefix K times through the model; here each group of prefixes gets one forward pass, and its KV cache is repeated K
+times before decoding, so only the new tokens cost K-fold. The prefixes of one response's steps are prefixes of one
+another: their tokens are computed once, in a forward pass of the longest, and each prefix's cache is cut from it.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -30,6 +32,11 @@ class HFEngine:
     Rows are grouped so that the samples of the prefixes in a group add up to at most `batch_size`; a prefix asked
     for more than `batch_size` samples has them split over several groups. Results with a fixed `torch.Generator` are
     reproducible for the same inputs and batch size (the grouping decides which random numbers go to which row).
+
+    With `share_prefixes` (the default), when some prefix begins another one, each prefix that no other extends (a
+    root) is run through the model once and every prefix takes its cache from its root's (`shared_prefix_roots`);
+    VinePPO's states then cost their response's tokens once instead of once per state (docs/performance.md). The
+    roots' caches are held for the whole call. False gives every group its own left-padded forward pass.
     """
 
     def __init__(
@@ -40,6 +47,7 @@ class HFEngine:
         *,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
+        share_prefixes: bool = True,
     ) -> None:
         """eos_token_id / pad_token_id default to the tokenizer's; pad falls back to eos (it is only ever masked)."""
         if batch_size < 1:
@@ -52,6 +60,7 @@ class HFEngine:
             pad_token_id = tokenizer.pad_token_id
         self.model = model
         self.batch_size = batch_size
+        self.share_prefixes = share_prefixes
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both generations of the API.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         self.eos_token_id = int(eos_token_id)
@@ -87,9 +96,15 @@ class HFEngine:
         self.model.eval()
         try:
             with torch.inference_mode():
+                roots = self._root_caches(prefixes) if self.share_prefixes else None
                 for indices, repeats, finished in self._plan(prefixes, counts):
+                    group = [prefixes[i] for i in indices]
+                    if roots is None:
+                        prefill = self._padded_prefill(group)
+                    else:
+                        prefill = self._prefill_from_roots(group, [roots.row[i] for i in indices], roots.layers)
                     completions = iter(self._generate_group(
-                        [prefixes[i] for i in indices], [budgets[i] for i in indices], repeats, params, generator
+                        prefill, [budgets[i] for i in indices], repeats, params, generator
                     ))
                     for i, repeat in zip(indices, repeats):
                         results[i].extend(next(completions) for _ in range(repeat))
@@ -123,15 +138,71 @@ class HFEngine:
             groups.append((indices, repeats, len(indices)))
         return groups
 
-    def _generate_group(
-        self,
-        prefixes: list[Sequence[int]],
-        budgets: list[int],
-        repeats: list[int],
-        params: SamplingParams,
-        generator: torch.Generator | None,
-    ) -> list[Completion]:
-        """Decode `repeats[i]` samples of prefix i; returns them prefix-major (all samples of prefix 0 first)."""
+    def _root_caches(self, prefixes: Sequence[Sequence[int]]) -> _RootCaches | None:
+        """Every layer's keys and values of the roots (`shared_prefix_roots`), one forward pass per `batch_size` of
+        them, right-padded (causal attention leaves a token's keys untouched by the padding after it). None when no
+        prefix begins another, or when the model's cache is not made of plain DynamicLayers (sliding windows)."""
+        root_of = shared_prefix_roots(prefixes)
+        if all(root == i for i, root in enumerate(root_of)):
+            return None
+        roots = sorted(set(root_of))
+        width = max(len(prefixes[r]) for r in roots)
+        device = self.model.device
+        batches = []
+        for start in range(0, len(roots), self.batch_size):
+            sequences = [prefixes[r] for r in roots[start : start + self.batch_size]]
+            input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+            for row, sequence in enumerate(sequences):
+                input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+                attention_mask[row, : len(sequence)] = 1
+            cache = DynamicCache(config=self.model.config)
+            self.model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=torch.arange(width, device=device).expand(len(sequences), -1),
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            )
+            layers = getattr(cache, "layers", None)
+            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+                return None
+            batches.append([(layer.keys, layer.values) for layer in layers])
+        row = {root: j for j, root in enumerate(roots)}
+        layers = [tuple(torch.cat([batch[i][kv] for batch in batches]) for kv in (0, 1)) for i in range(len(batches[0]))]
+        return _RootCaches([row[root] for root in root_of], layers)
+
+    def _prefill_from_roots(
+        self, prefixes: list[Sequence[int]], rows: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> _Prefill:
+        """The group's cache cut from its roots' (`rows`: each prefix's root row), left-padded; then one forward pass
+        of every prefix's last token gives its next-token logits."""
+        device = self.model.device
+        lengths = torch.tensor([len(p) for p in prefixes], device=device)
+        cached = int(lengths.max()) - 1
+        if cached == 0:
+            return self._padded_prefill(prefixes)
+        positions = torch.arange(cached, device=device)[None, :] - (cached - (lengths - 1))[:, None]
+        source = torch.tensor(rows, device=device)[:, None]
+        index = positions.clamp(min=0)  # the padding slots read position 0; the mask hides them
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(layers):
+            cache.update(keys[source, :, index].transpose(1, 2), values[source, :, index].transpose(1, 2), layer)
+        ones = torch.ones((len(prefixes), 1), dtype=torch.long, device=device)
+        attention_mask = torch.cat([(positions >= 0).long(), ones], dim=1)
+        last_position = (lengths - 1)[:, None]
+        out = self.model(
+            input_ids=torch.tensor([p[-1] for p in prefixes], dtype=torch.long, device=device)[:, None],
+            attention_mask=attention_mask,
+            position_ids=last_position,
+            use_cache=True,
+            **{self._cache_kwarg: cache},
+        )
+        return _Prefill(cache, out.logits[:, -1].float(), attention_mask, last_position)
+
+    def _padded_prefill(self, prefixes: list[Sequence[int]]) -> _Prefill:
+        """The group's prefixes left-padded to the longest, in one forward pass."""
         device = self.model.device
         width = max(len(p) for p in prefixes)
         input_ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
@@ -141,9 +212,6 @@ class HFEngine:
             attention_mask[row, width - len(prefix) :] = 1
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-        # The shared prefix: one forward pass, then every row's cache, mask and last logits repeated per sample.
-        sample_rows = torch.repeat_interleave(torch.arange(len(prefixes)), torch.tensor(repeats)).to(device)
         cache = DynamicCache(config=self.model.config)
         out = self.model(
             input_ids=input_ids,
@@ -153,13 +221,29 @@ class HFEngine:
             logits_to_keep=1,
             **{self._cache_kwarg: cache},
         )
+        return _Prefill(cache, out.logits[:, -1].float(), attention_mask, position_ids[:, -1:])
+
+    def _generate_group(
+        self,
+        prefill: _Prefill,
+        budgets: list[int],
+        repeats: list[int],
+        params: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> list[Completion]:
+        """Decode `repeats[i]` samples of the group's prefix i; returns them prefix-major (all samples of prefix 0
+        first)."""
+        device = self.model.device
+        # The shared prefix: every row's cache, mask and last logits repeated per sample.
+        sample_rows = torch.repeat_interleave(torch.arange(len(repeats)), torch.tensor(repeats)).to(device)
+        cache = prefill.cache
         cache.batch_select_indices(sample_rows)
-        logits = out.logits[:, -1].float()[sample_rows]
-        attention_mask = attention_mask[sample_rows]
-        position_ids = position_ids[:, -1:][sample_rows]
+        logits = prefill.logits[sample_rows]
+        attention_mask = prefill.attention_mask[sample_rows]
+        position_ids = prefill.last_position[sample_rows]
 
         rows, max_new = logits.shape[0], max(budgets)
-        grow_in_place(cache, width + max_new)
+        grow_in_place(cache, attention_mask.shape[1] + max_new)
         temperature = 1.0 if params.greedy else params.temperature
         # Finished rows keep decoding with the others, their `lengths` entry frozen at their eos or budget so that
         # whatever they produce afterwards is cut off, until a quarter of the batch has finished: then the batch
@@ -222,6 +306,41 @@ class HFEngine:
         if stop_texts is None:
             return completions
         return [end_at_stop_string(c, params.stop, self.token_texts, self.eos_token_id) for c in completions]
+
+
+class _Prefill(NamedTuple):
+    """A group's prefixes after their forward pass: the KV cache, each prefix's next-token logits, its attention
+    mask (left-padded to the group's longest prefix) and the position of its last token."""
+
+    cache: DynamicCache
+    logits: torch.Tensor
+    attention_mask: torch.Tensor
+    last_position: torch.Tensor
+
+
+class _RootCaches(NamedTuple):
+    """The roots' keys and values, (roots, heads, longest root, head dim) per layer, and each prefix's root row."""
+
+    row: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def shared_prefix_roots(prefixes: Sequence[Sequence[int]]) -> list[int]:
+    """For each prefix, the index of a prefix that begins with it and that no other prefix extends (its root; itself
+    when no other prefix begins with it). Identical prefixes share one root.
+
+    In lexicographic order the prefixes that begin with p follow p as one run, so walking the order backwards, p
+    begins with the latest root seen or with none of the prefixes after it."""
+    sequences = [list(p) for p in prefixes]
+    order = sorted(range(len(sequences)), key=sequences.__getitem__)
+    root_of = list(range(len(sequences)))
+    root = None
+    for i in reversed(order):
+        if root is not None and sequences[root][: len(sequences[i])] == sequences[i]:
+            root_of[i] = root_of[root]
+        else:
+            root = i
+    return root_of
 
 
 class _InPlaceLayer:
