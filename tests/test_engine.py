@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from vineppo.config import load_config
+from vineppo.engine import build_engine
 from vineppo.engine.base import SamplingParams
 from vineppo.engine.hf import HFEngine, shared_prefix_roots
 
@@ -331,6 +334,13 @@ def test_shared_prefix_tokens_are_computed_once(model: LlamaForCausalLM, forward
     # one pass of the two roots (the longest states), then one of the last token of each group's 3 prefixes (the
     # 9 prefixes x 2 samples make 3 groups of 6 rows); one new token needs no decoding pass
     assert forward_shapes == [(2, max(map(len, roots))), (3, 1), (3, 1), (3, 1)]
+
+
+def test_engine_share_prefixes_reaches_the_engine(model: LlamaForCausalLM) -> None:
+    tokenizer = SimpleNamespace(eos_token_id=EOS, pad_token_id=PAD, decode=CharTokenizer().decode)
+    for value in (True, False):
+        cfg = load_config(None, [f"engine.share_prefixes={str(value).lower()}"])
+        assert build_engine(cfg, model, tokenizer, "tiny").share_prefixes is value
 
 
 def test_decoding_stops_when_every_row_has_finished(

@@ -238,6 +238,10 @@ class EngineConfig(_Section):
     """Paper: 1024 tokens; the arithmetic task's solutions are about 30 characters."""
     batch_size: int = Field(512, ge=1)
     """Most sequences (prefixes x samples) decoded together in one forward pass (hf only; vLLM schedules its own)."""
+    share_prefixes: bool = True
+    """hf only: run each response once through the model for all of its step prefixes, whose caches are cut from
+    it (the roots' caches are held for the whole call: docs/performance.md); False gives every group of prefixes
+    its own forward pass (less memory, more compute). vLLM shares prefixes with its own prefix caching."""
     gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
     """vllm only: the share of the GPU's memory vLLM takes (weights + KV cache); the rest is left to training,
     which shares the GPU (vLLM's own default, 0.92, assumes it is alone)."""

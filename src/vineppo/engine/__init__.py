@@ -16,7 +16,7 @@ def build_engine(cfg, model, tokenizer, model_path: str, rank: int | None = None
         )
     from vineppo.engine.hf import HFEngine
 
-    return HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size)
+    return HFEngine(model, tokenizer, batch_size=cfg.engine.batch_size, share_prefixes=cfg.engine.share_prefixes)
 
 
 __all__ = ["Completion", "Engine", "SamplingParams", "build_engine"]
