@@ -97,6 +97,17 @@ def chi_square_z(counts: Counter, expected: dict[tuple[int, ...], float], total:
     return ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
 
 
+def assert_full_forward_logprobs(model: PreTrainedModel, prefixes, results, temperature: float) -> None:
+    """Every completion's log-probs are those of one uncached, unpadded forward pass over prefix + completion."""
+    for prefix, samples in zip(prefixes, results):
+        for completion in samples:
+            sequence = torch.tensor([prefix + completion.token_ids])
+            with torch.no_grad():
+                logits = model(input_ids=sequence).logits[0, len(prefix) - 1 : -1]
+            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
+            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+
+
 def test_greedy_continuation_of_a_prefix_extends_the_shorter_prefix(any_model: PreTrainedModel) -> None:
     eng = engine(any_model)
     prompt = PREFIXES[0]
@@ -117,13 +128,7 @@ def test_logprobs_match_a_full_forward_pass(any_model: PreTrainedModel) -> None:
     temperature = 0.7
     params = SamplingParams(temperature=temperature, top_p=0.9, max_new_tokens=12)
     results = engine(any_model, batch_size=8).generate(PREFIXES, 3, params, generator=seeded(1))
-    for prefix, samples in zip(PREFIXES, results):
-        for completion in samples:
-            sequence = torch.tensor([prefix + completion.token_ids])
-            with torch.no_grad():
-                logits = any_model(sequence).logits[0, len(prefix) - 1 : -1]
-            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
-            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+    assert_full_forward_logprobs(any_model, PREFIXES, results, temperature)
 
 
 def test_first_two_tokens_follow_the_exact_distribution(model: LlamaForCausalLM) -> None:
@@ -316,13 +321,7 @@ def test_shared_prefixes_give_what_separate_forward_passes_give(any_model: PreTr
     temperature = 0.7
     sampled = engine(any_model, batch_size=8).generate(states, 2, SamplingParams(temperature, max_new_tokens=9),
                                                        seeded(7), None, budgets)
-    for prefix, samples in zip(states, sampled):
-        for completion in samples:
-            sequence = torch.tensor([prefix + completion.token_ids])
-            with torch.no_grad():
-                logits = any_model(sequence).logits[0, len(prefix) - 1 : -1]
-            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
-            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+    assert_full_forward_logprobs(any_model, states, sampled, temperature)
 
 
 def test_shared_prefix_tokens_are_computed_once(model: LlamaForCausalLM, forward_shapes: list[tuple[int, ...]]) -> None:
@@ -376,14 +375,8 @@ def test_finished_rows_are_dropped_without_changing_the_results(
     temperature = 0.7  # sampled rows keep their own cache rows through the drops: log-probs of a full forward
     sampled = engine(model).generate(PREFIXES, 2, SamplingParams(temperature, max_new_tokens=12), seeded(3), None,
                                      budgets)
-    for prefix, samples, budget in zip(PREFIXES, sampled, budgets):
-        for completion in samples:
-            assert len(completion.token_ids) <= budget
-            sequence = torch.tensor([prefix + completion.token_ids])
-            with torch.no_grad():
-                logits = model(input_ids=sequence).logits[0, len(prefix) - 1 : -1]
-            expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, sequence[0, len(prefix) :, None])
-            assert completion.logprobs == pytest.approx(expected.squeeze(1).tolist(), abs=1e-4)
+    assert all(len(c.token_ids) <= budget for samples, budget in zip(sampled, budgets) for c in samples)
+    assert_full_forward_logprobs(model, PREFIXES, sampled, temperature)
 
 
 class CharTokenizer:
