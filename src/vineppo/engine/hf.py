@@ -151,11 +151,7 @@ class HFEngine:
         batches = []
         for start in range(0, len(roots), self.batch_size):
             sequences = [prefixes[r] for r in roots[start : start + self.batch_size]]
-            input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-            for row, sequence in enumerate(sequences):
-                input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-                attention_mask[row, : len(sequence)] = 1
+            input_ids, attention_mask = self._padded(sequences, width, left=False)
             cache = DynamicCache(config=self.model.config)
             self.model(
                 input_ids=input_ids.to(device),
@@ -204,12 +200,7 @@ class HFEngine:
     def _padded_prefill(self, prefixes: list[Sequence[int]]) -> _Prefill:
         """The group's prefixes left-padded to the longest, in one forward pass."""
         device = self.model.device
-        width = max(len(p) for p in prefixes)
-        input_ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for row, prefix in enumerate(prefixes):
-            input_ids[row, width - len(prefix) :] = torch.tensor(prefix, dtype=torch.long)
-            attention_mask[row, width - len(prefix) :] = 1
+        input_ids, attention_mask = self._padded(prefixes, max(len(p) for p in prefixes), left=True)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -222,6 +213,17 @@ class HFEngine:
             **{self._cache_kwarg: cache},
         )
         return _Prefill(cache, out.logits[:, -1].float(), attention_mask, position_ids[:, -1:])
+
+    def _padded(self, sequences: list[Sequence[int]], width: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids padded to `width` on the left (a group's prefixes, whose last tokens line up) or on the right
+        (the roots, whose positions start at 0), and the attention mask of the real tokens."""
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            cols = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+            input_ids[row, cols] = torch.tensor(sequence, dtype=torch.long)
+            attention_mask[row, cols] = 1
+        return input_ids, attention_mask
 
     def _generate_group(
         self,
