@@ -13,7 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedModel,
+)
 
 from vineppo.config import load_config
 from vineppo.engine import build_engine
@@ -256,6 +264,11 @@ def test_too_long_prefix_raises_a_clear_error(model: LlamaForCausalLM) -> None:
 @pytest.fixture
 def forward_shapes(model: LlamaForCausalLM, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     """The input_ids shape of every forward call the engine makes."""
+    return recorded_forward_shapes(model, monkeypatch)
+
+
+def recorded_forward_shapes(model: PreTrainedModel, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """A list that fills with the input_ids shape of every later forward call of `model`."""
     shapes: list[tuple[int, ...]] = []
     forward = model.forward
 
@@ -333,6 +346,24 @@ def test_shared_prefix_tokens_are_computed_once(model: LlamaForCausalLM, forward
     # one pass of the two roots (the longest states), then one of the last token of each group's 3 prefixes (the
     # 9 prefixes x 2 samples make 3 groups of 6 rows); one new token needs no decoding pass
     assert forward_shapes == [(2, max(map(len, roots))), (3, 1), (3, 1), (3, 1)]
+
+
+def test_a_sliding_window_cache_takes_the_padded_path_without_a_root_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window's cache cannot be cut to a shorter prefix's: the engine must see that from the config, before it
+    runs the roots through the model (it once ran them and then fell back, computing those tokens twice)."""
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=4, intermediate_size=128, max_position_embeddings=128, sliding_window=4)
+    windowed = MistralForCausalLM(config).eval()
+    states = step_states(windowed)
+    params = SamplingParams(temperature=0.0, max_new_tokens=6)
+    shapes = recorded_forward_shapes(windowed, monkeypatch)
+    runs = {}
+    for share in (True, False):
+        shapes.clear()
+        windowed_engine = HFEngine(windowed, batch_size=6, eos_token_id=EOS, pad_token_id=PAD, share_prefixes=share)
+        runs[share] = (windowed_engine.generate(states, 2, params), list(shapes))
+    assert runs[True] == runs[False]  # the same completions from the same forward passes: no pass of the 2 roots
 
 
 def test_engine_share_prefixes_reaches_the_engine(model: LlamaForCausalLM) -> None:

@@ -142,6 +142,8 @@ class HFEngine:
         """Every layer's keys and values of the roots (`shared_prefix_roots`), one forward pass per `batch_size` of
         them, right-padded (causal attention leaves a token's keys untouched by the padding after it). None when no
         prefix begins another, or when the model's cache is not made of plain DynamicLayers (sliding windows)."""
+        if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=self.model.config).layers):
+            return None  # decided before any pass: a window's cache cannot be cut to a shorter prefix's
         root_of = shared_prefix_roots(prefixes)
         if all(root == i for i, root in enumerate(root_of)):
             return None
@@ -161,10 +163,7 @@ class HFEngine:
                 logits_to_keep=1,
                 **{self._cache_kwarg: cache},
             )
-            layers = getattr(cache, "layers", None)
-            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-                return None
-            batches.append([(layer.keys, layer.values) for layer in layers])
+            batches.append([(layer.keys, layer.values) for layer in cache.layers])
         row = {root: j for j, root in enumerate(roots)}
         layers = [tuple(torch.cat([batch[i][kv] for batch in batches]) for kv in (0, 1)) for i in range(len(batches[0]))]
         return _RootCaches([row[root] for root in root_of], layers)
