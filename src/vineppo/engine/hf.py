@@ -61,6 +61,9 @@ class HFEngine:
         self.model = model
         self.batch_size = batch_size
         self.share_prefixes = share_prefixes
+        # A sliding window's (or a layer sharing another's) cache cannot be cut to a shorter prefix's: such models
+        # take the padded path. Read from the config once, before any pass.
+        self._caches_can_be_cut = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
         # transformers 5.2x renamed `past_key_values` to `cache`; accept both generations of the API.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         self.eos_token_id = int(eos_token_id)
@@ -96,7 +99,7 @@ class HFEngine:
         self.model.eval()
         try:
             with torch.inference_mode():
-                roots = self._root_caches(prefixes) if self.share_prefixes else None
+                roots = self._root_caches(prefixes) if self.share_prefixes and self._caches_can_be_cut else None
                 for indices, repeats, finished in self._plan(prefixes, counts):
                     group = [prefixes[i] for i in indices]
                     if roots is None:
@@ -141,9 +144,7 @@ class HFEngine:
     def _root_caches(self, prefixes: Sequence[Sequence[int]]) -> _RootCaches | None:
         """Every layer's keys and values of the roots (`shared_prefix_roots`), one forward pass per `batch_size` of
         them, right-padded (causal attention leaves a token's keys untouched by the padding after it). None when no
-        prefix begins another, or when the model's cache is not made of plain DynamicLayers (sliding windows)."""
-        if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=self.model.config).layers):
-            return None  # decided before any pass: a window's cache cannot be cut to a shorter prefix's
+        prefix begins another."""
         root_of = shared_prefix_roots(prefixes)
         if all(root == i for i, root in enumerate(root_of)):
             return None
