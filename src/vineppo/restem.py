@@ -31,6 +31,7 @@ from vineppo.update import (
 if TYPE_CHECKING:
     from vineppo.context import Context
 
+
 def train_restem(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """RestEM's update: the kept samples, their log-probs at temperature 1, then `restem_update`."""
     train = ctx.cfg.train

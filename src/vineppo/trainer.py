@@ -57,6 +57,7 @@ from vineppo.parallel.backend import Replicated, Trained, backend_from_launch, m
 from vineppo.parallel.stepping import NonFiniteError
 from vineppo.rollout import sample_episodes
 
+
 class TrainingError(RuntimeError):
     """A run that cannot go on; the message names the iteration and the quantity."""
 

@@ -404,8 +404,6 @@ class StopStrings:
         return torch.tensor(hit, dtype=torch.bool, device=self.device)
 
 
-
-
 NUCLEUS_CANDIDATES = 256
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 from vineppo.episodes import Episode
 from vineppo.steps import step_spans
 
+
 def episode_record(episode: Episode, decode: Callable[[list[int]], str]) -> dict:
     """The episode as text: its prompt, reward and steps, each with the value at its start and its advantage
     (the mean over its tokens: equal for every token except under PPO's token-level GAE)."""

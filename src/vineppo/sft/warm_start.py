@@ -47,6 +47,7 @@ FORMAT_VERSION = 2
 """Bump when the tokenizer, model or SFT recipe changes in a way the configs do not capture: old caches are then
 ignored."""
 
+
 def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Linear warmup to 1, then cosine decay to 0 at the last step: the final weights are the settled ones."""
 
