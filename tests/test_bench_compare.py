@@ -217,6 +217,10 @@ def test_run_specs_add_the_k_ablation_and_reject_unknown_methods():
     specs = run_specs(["vineppo", "ppo"], [1, 3, 9], base_k=9)
     assert [s.label for s in specs] == ["vineppo", "ppo", "vineppo K=1", "vineppo K=3"]
     assert specs[2].overrides == ("algo.name=vineppo", "algo.vineppo.k=1")
+    # Without "vineppo" among the methods, the base config's K is run as a K of the ablation, not dropped.
+    specs = run_specs(["ppo"], [3, 9], base_k=9)
+    assert [s.label for s in specs] == ["ppo", "vineppo K=3", "vineppo K=9"]
+    assert specs[2].overrides == ("algo.name=vineppo", "algo.vineppo.k=9")
     with pytest.raises(ValueError, match="reinforce"):
         run_specs(["reinforce"], [], base_k=9)
 

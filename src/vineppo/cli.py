@@ -132,7 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="NAME",
                             help=f"methods to run (default: all of {', '.join(METHODS)})")
     comparison.add_argument("--k", nargs="*", type=int, default=[], metavar="K",
-                            help="also run VinePPO with these K (the K ablation), e.g. --k 1 3")
+                            help="also run VinePPO with these K (the K ablation; the config's own K runs as "
+                                 "plain \"vineppo\" when that is among --methods), e.g. --k 1 3")
     comparison.add_argument("--variant", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                             help="also run the shared config with these overrides under LABEL (repeatable), e.g. "
                                  "'vineppo K=3 reuse:algo.vineppo.k=3,algo.vineppo.reuse_samples=true'")

@@ -100,13 +100,14 @@ def parse_variant(text: str) -> RunSpec:
 def run_specs(
     methods: list[str], k_values: list[int], base_k: int, variants: list[RunSpec] = ()
 ) -> list[RunSpec]:
-    """One run per method, then VinePPO once per K of the ablation (the base config's K is not rerun), then the
-    variants."""
+    """One run per method, then VinePPO once per K of the ablation (the base config's K only when "vineppo" is not
+    among the methods, which already runs it), then the variants."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     specs = [RunSpec(m, (f"algo.name={m}",)) for m in methods]
-    specs += [RunSpec(f"vineppo K={k}", ("algo.name=vineppo", f"algo.vineppo.k={k}")) for k in k_values if k != base_k]
+    specs += [RunSpec(f"vineppo K={k}", ("algo.name=vineppo", f"algo.vineppo.k={k}")) for k in k_values
+              if k != base_k or "vineppo" not in methods]
     specs += variants
     slugs = [s.slug for s in specs]
     repeated = sorted({s.label for s in specs if slugs.count(s.slug) > 1})
