@@ -14,9 +14,9 @@ from vineppo.bench import report as report_module
 from vineppo.bench.compare import Budget, RunSpec, compare, finished_or_run, parse_variant, run_specs
 from vineppo.bench.cost import CostModel, iteration_cost, measured_generation_cost, update_seconds_per_trained_token
 from vineppo.bench.report import (ablation_k, coarse_iterations_note, cost_table, cut_to_figures, default_marks,
-                                  paired_table, per_iteration, summarize, summary_table)
+                                  paired_table, per_iteration, summarize, summary_table, training_accuracy_table)
 from vineppo.bench.stats import (accuracy_at, area_under_curve, first_reaching, mean_interval, paired_differences,
-                                 widest_step)
+                                 training_accuracy_mean, widest_step)
 from vineppo.cli import USAGE_ERROR, main
 from vineppo.config import ConfigError, load_config
 from vineppo.runlog import read_metrics
@@ -52,6 +52,16 @@ def test_accuracy_at_area_and_first_reaching_by_hand():
     assert widest_step(POINTS, 7, "iteration") == 3
 
 
+def test_the_training_samples_accuracy_holds_over_the_stretch_before_each_point_by_hand():
+    points = [{"seconds": 0.0, "accuracy": 0.5}, {"seconds": 10.0, "accuracy": 0.8, "train_accuracy": 0.4},
+              {"seconds": 20.0, "accuracy": 0.7, "train_accuracy": 0.6}]
+    assert training_accuracy_mean(points, 20) == pytest.approx((4 + 6) / 20)
+    assert training_accuracy_mean(points, 15) == pytest.approx((4 + 3) / 15)  # 0.6 holds for 5 of the 15 s
+    assert training_accuracy_mean(points, 15, start=5) == pytest.approx((2 + 3) / 10)
+    assert training_accuracy_mean(points, 20, start=12) == pytest.approx(0.6)
+    assert training_accuracy_mean(points, 4) == pytest.approx(0.4)  # inside the first stretch
+
+
 def test_paired_differences_pair_by_seed():
     diff = paired_differences({0: 0.6, 1: 0.7, 2: 0.9}, {0: 0.5, 1: 0.5, 2: 0.6, 3: 0.1})  # seed 3 has no pair
     assert diff.n == 3 and diff.mean == pytest.approx(0.2)
@@ -59,8 +69,11 @@ def test_paired_differences_pair_by_seed():
 
 
 def run(seed, accuracies, seconds=(0.0, 10.0, 20.0), iterations=(0, 2, 4)):
+    """A run's result; its training samples' accuracy since the previous evaluation is the test accuracy reached."""
     points = [{"iteration": iterations[i], "seconds": s, "tokens": 100 * i, "cost/gpu_1b": 10.0 * i, "cost/gpu_7b": 5.0 * i,
                "accuracy": a} for i, (s, a) in enumerate(zip(seconds, accuracies))]
+    for point in points[1:]:
+        point["train_accuracy"] = point["accuracy"]
     return {"seed": seed, "points": points, "iterations": []}
 
 
@@ -84,6 +97,15 @@ def test_the_summary_and_table_by_hand():
     assert rows[0].endswith("| AUC (first 4 iterations) - b |")
     assert rows[3].startswith("| b | 2 | 0.2 [0.2, 0.2] | 50.0 [50.0, 50.0] | 55.0 [-8.5, 118.5] |")
     assert rows[3].endswith("| 50.0 [50.0, 50.0] | 20.0 (1/2) | — | — | — | — |")
+    # training samples' accuracy, held over the stretch before each point: a 0.85 and 0.65 over 0-20 s, 0.9 and 0.7
+    # over 15-20 s; b 0.55 and 0.5, 0.6 and 0.5; paired by seed 0.30 and 0.15, 0.3 and 0.2
+    assert a["train_accuracy"]["mean"] == pytest.approx(0.75) and b["train_accuracy"]["mean"] == pytest.approx(0.525)
+    assert a["vs_baseline"]["train_accuracy"]["mean"] == pytest.approx(0.225)
+    assert a["vs_baseline"]["train_accuracy_last_quarter"]["mean"] == pytest.approx(0.25)
+    rows = training_accuracy_table(summary, "b").splitlines()
+    assert rows[0] == "| run | training samples' accuracy, 0-20 s | 15-20 s | 0-20 s - b | 15-20 s - b |"
+    assert rows[2] == "| a | 75.0 [-52.1, 202.1] | 80.0 [-47.1, 207.1] | +22.5 [-72.8, +117.8] | +25.0 [-38.5, +88.5] |"
+    assert rows[3] == "| b | 52.5 [20.7, 84.3] | 55.0 [-8.5, 118.5] | — | — |"
 
 
 def test_default_marks_are_cut_to_three_figures_never_past_the_seconds_covered():
@@ -130,8 +152,10 @@ def test_the_iterations_axis_and_a_run_stopped_by_its_iteration_budget_by_hand()
     assert b["auc_iterations"]["mean"] == pytest.approx((0.55 + 0.5) / 2)
     assert b["vs_baseline"]["auc_iterations"]["mean"] == pytest.approx(-0.125)
     assert summary["paired_auc_iterations"]["a - b"]["mean"] == pytest.approx(0.125)
-    # seconds: differences 0.1 and 0.2 (half-width 12.706205 * 0.05); iterations: 0.05 and 0.2 (12.706205 * 0.075)
-    assert paired_table(summary).splitlines()[2] == "| a - b | +15.0 [-48.5, +78.5] | +12.5 [-82.8, +107.8] |"
+    # seconds: differences 0.1 and 0.2 (half-width 12.706205 * 0.05); iterations: 0.05 and 0.2 (12.706205 * 0.075);
+    # training samples over 0-20 s: a 0.8 and 0.9, b 0.6 and 0.5 (its point at 20 s holds from 0 s), 0.2 and 0.4
+    assert (paired_table(summary).splitlines()[2]
+            == "| a - b | +15.0 [-48.5, +78.5] | +12.5 [-82.8, +107.8] | +30.0 [-97.1, +157.1] |")
 
 
 def test_runs_evaluated_too_sparsely_in_iterations_are_named_under_the_tables():
@@ -164,7 +188,8 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     assert list(pairs) == ["a - b", "a - c", "b - c"]
     assert pairs["a - b"]["mean"] == pytest.approx(0.1) and pairs["b - c"]["mean"] == pytest.approx(-0.2)
     assert pairs["a - c"]["high"] == pytest.approx(-0.1 + 12.706205 * 0.05, rel=1e-6)
-    assert paired_table(summary).splitlines()[2] == "| a - b | +10.0 [-53.5, +73.5] | +10.0 [-53.5, +73.5] |"
+    assert (paired_table(summary).splitlines()[2]
+            == "| a - b | +10.0 [-53.5, +73.5] | +10.0 [-53.5, +73.5] | +22.5 [-72.8, +117.8] |")
     # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
     # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000; learning rates 1e-5, 1e-4, 1e-4
     assert summary["per_iteration"]["a"] == pytest.approx(

@@ -32,7 +32,7 @@ from rich.console import Console
 from vineppo.algorithms import METHODS
 from vineppo.bench.cost import GPU_COSTS, generated_tokens, iteration_cost
 from vineppo.bench.report import (coarse_iterations_note, cost_table, paired_table, summarize, summary_table,
-                                  write_plots)
+                                  training_accuracy_table, write_plots)
 from vineppo.config import ConfigError, ConfigPaths, load_config
 from vineppo.engine.base import SamplingParams
 from vineppo.evaluate import evaluate_sampled
@@ -236,7 +236,7 @@ def compare(
     (out / "results.json").write_text(json.dumps({**settings, "summary": summary, "results": results}, indent=1))
     write_plots(results, summary["seconds_end"], out, base_k)
     sections = [summary_table(summary, baseline), paired_table(summary), coarse_iterations_note(summary),
-                cost_table(summary)]
+                training_accuracy_table(summary, baseline), cost_table(summary)]
     markdown = "\n\n".join(section for section in sections if section)
     (out / "table.md").write_text(markdown + "\n")
     return markdown

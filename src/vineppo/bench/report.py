@@ -28,7 +28,7 @@ from vineppo.analysis.plots import pyplot
 from vineppo.bench.cost import (GENERATED, GPU_COSTS, measured_generation_cost, trained_tokens,
                                 update_seconds_per_trained_token)
 from vineppo.bench.stats import (Interval, accuracy_at, area_under_curve, first_reaching, mean_interval,
-                                 paired_differences, widest_step)
+                                 paired_differences, training_accuracy_mean, widest_step)
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
 
@@ -62,12 +62,16 @@ def summarize(
     iterations_end = reached_by_all(results, "iteration")
 
     def per_seed(runs: dict[int, dict]) -> dict[str, dict[int, float]]:
-        figures: dict[str, dict[int, float]] = {"auc": {}, "auc_iterations": {}, "iterations_per_second": {}}
+        figures: dict[str, dict[int, float]] = {"auc": {}, "auc_iterations": {}, "iterations_per_second": {},
+                                                "train_accuracy": {}, "train_accuracy_last_quarter": {}}
         for seed, run in runs.items():
             points = run["points"]
             figures["auc"][seed] = area_under_curve(points, seconds_end)
             figures["auc_iterations"][seed] = area_under_curve(points, iterations_end, "iteration")
             figures["iterations_per_second"][seed] = points[-1]["iteration"] / points[-1]["seconds"]
+            figures["train_accuracy"][seed] = training_accuracy_mean(points, seconds_end)
+            figures["train_accuracy_last_quarter"][seed] = training_accuracy_mean(points, seconds_end,
+                                                                                  0.75 * seconds_end)
             for mark in marks:
                 figures.setdefault(f"accuracy_at_{mark:g}s", {})[seed] = accuracy_at(points, mark)
             for name, end in cost_end.items():
@@ -83,6 +87,7 @@ def summarize(
         "marks": marks, "thresholds": thresholds, "seconds_end": seconds_end, "cost_ends": cost_end,
         "iterations_end": iterations_end, "runs": {},
         "paired_auc": pairs("auc"), "paired_auc_iterations": pairs("auc_iterations"),
+        "paired_train_accuracy": pairs("train_accuracy"),
         "per_iteration": {label: per_iteration(runs) for label, runs in results.items()},
         "widest_iteration_step": {
             label: max(widest_step(r["points"], iterations_end, "iteration") for r in runs.values())
@@ -165,11 +170,33 @@ def summary_table(summary: dict, baseline: str | None = None) -> str:
 
 def paired_table(summary: dict) -> str:
     """Every pair of runs: the mean over seeds of (first's AUC - second's AUC, same seed), with its interval, on the
-    seconds and on the iterations axis."""
-    lines = ["| pair (same seeds) | AUC difference (seconds) | AUC difference (iterations) |", "|---|---|---|"]
+    seconds and on the iterations axis; and the same difference of the training samples' accuracy over the seconds."""
+    lines = ["| pair (same seeds) | AUC difference (seconds) | AUC difference (iterations) "
+             "| training samples' accuracy difference (seconds) |", "|---|---|---|---|"]
     lines += [f"| {pair} | {_interval(diff, signed=True)} | "
-              f"{_interval(summary['paired_auc_iterations'][pair], signed=True)} |"
+              f"{_interval(summary['paired_auc_iterations'][pair], signed=True)} | "
+              f"{_interval(summary['paired_train_accuracy'][pair], signed=True)} |"
               for pair, diff in summary["paired_auc"].items()]
+    return "\n".join(lines)
+
+
+def training_accuracy_table(summary: dict, baseline: str | None = None) -> str:
+    """Per run label, the accuracy of the samples it trained on (vineppo.bench.stats.training_accuracy_mean) over
+    the seconds every run covered and over their last quarter: the policy's sampled accuracy on fresh training
+    prompts, which greedy test accuracy can misstate where one token flips many greedy answers."""
+    end = summary["seconds_end"]
+    whole, last_quarter = f"0-{end:.0f} s", f"{0.75 * end:.0f}-{end:.0f} s"
+    headers = ["run", f"training samples' accuracy, {whole}", last_quarter]
+    if baseline is not None:
+        headers += [f"{whole} - {baseline}", f"{last_quarter} - {baseline}"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    names = ["train_accuracy", "train_accuracy_last_quarter"]
+    for label, entry in summary["runs"].items():
+        cells = [label, *(_interval(entry[name]) for name in names)]
+        if baseline is not None:
+            paired = entry.get("vs_baseline")
+            cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

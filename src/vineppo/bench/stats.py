@@ -69,6 +69,20 @@ def area_under_curve(points: Sequence[dict], budget: float, key: str = "seconds"
     return sum(point["accuracy"] * length for point, length in held_stretches(points, budget, key)) / budget
 
 
+def training_accuracy_mean(points: Sequence[dict], end: float, start: float = 0.0, key: str = "seconds") -> float:
+    """The mean over [start, end] (of `key`) of the accuracy of the samples trained on: each point after the first
+    holds the mean over the iterations since the evaluation before it (`train_accuracy`), so it holds over the
+    stretch that ends at it, where `area_under_curve`'s accuracy holds over the stretch that starts at it. These are
+    the policy's own samples at the sampling temperature, on training prompts drawn afresh each iteration: a sampled
+    measure of the policy beside the greedy test accuracy."""
+    total, reached = 0.0, 0.0
+    for point in points[1:]:
+        stop = min(point[key], end)
+        total += point["train_accuracy"] * max(stop - max(reached, start), 0.0)
+        reached = max(reached, stop)
+    return total / (end - start)
+
+
 def widest_step(points: Sequence[dict], end: float, key: str = "seconds") -> float:
     """The longest stretch of [0, end] (of `key`) over which one evaluation's accuracy holds in `area_under_curve`:
     how finely that area resolves the curve."""
