@@ -141,6 +141,12 @@ def _interval(figure: dict, percent: bool = True, signed: bool = False) -> str:
     return f"{mean} [{figure['low'] * scale:{sign}.1f}, {figure['high'] * scale:{sign}.1f}]"
 
 
+def _baseline_cells(entry: dict, names: list[str]) -> list[str]:
+    """A run's paired differences against the baseline for `names`; dashes for the baseline's own row."""
+    paired = entry.get("vs_baseline")
+    return ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
+
+
 def summary_table(summary: dict, baseline: str | None = None) -> str:
     """The markdown table: per run label, mean [95% interval] over the seeds (accuracies in points)."""
     marks, thresholds = summary["marks"], summary["thresholds"]
@@ -161,9 +167,7 @@ def summary_table(summary: dict, baseline: str | None = None) -> str:
             *(f"{_interval(r, percent=False)} ({r['n']}/{r['of']})" for r in reach),
         ]
         if baseline is not None:
-            paired = entry.get("vs_baseline")
-            names = ["auc", *(f"auc_{m.name}" for m in GPU_COSTS), "auc_iterations"]
-            cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
+            cells += _baseline_cells(entry, ["auc", *(f"auc_{m.name}" for m in GPU_COSTS), "auc_iterations"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -194,8 +198,7 @@ def training_accuracy_table(summary: dict, baseline: str | None = None) -> str:
     for label, entry in summary["runs"].items():
         cells = [label, *(_interval(entry[name]) for name in names)]
         if baseline is not None:
-            paired = entry.get("vs_baseline")
-            cells += ["—" if paired is None else _interval(paired[name], signed=True) for name in names]
+            cells += _baseline_cells(entry, names)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -75,12 +75,11 @@ def training_accuracy_mean(points: Sequence[dict], end: float, start: float = 0.
     stretch that ends at it, where `area_under_curve`'s accuracy holds over the stretch that starts at it. These are
     the policy's own samples at the sampling temperature, on training prompts drawn afresh each iteration: a sampled
     measure of the policy beside the greedy test accuracy."""
-    total, reached = 0.0, 0.0
-    for point in points[1:]:
-        stop = min(point[key], end)
-        total += point["train_accuracy"] * max(stop - max(reached, start), 0.0)
-        reached = max(reached, stop)
-    return total / (end - start)
+    def area_to(upto: float) -> float:  # each stretch of `held_stretches` carries the next point's figure
+        return sum(after["train_accuracy"] * length
+                   for (_, length), after in zip(held_stretches(points, upto, key), points[1:]))
+
+    return (area_to(end) - area_to(start)) / (end - start)
 
 
 def widest_step(points: Sequence[dict], end: float, key: str = "seconds") -> float:
