@@ -193,13 +193,13 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
     # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000; learning rates 1e-5, 1e-4, 1e-4
     assert summary["per_iteration"]["a"] == pytest.approx(
-        {"seconds": 3.0, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400,
+        {"seconds": 3.0, "time/sample": 1.5, "time/credit": 0.0, "time/update": 1.5, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400,
          "update_ms_per_1k_trained": 3750.0, "lr": 7e-5})
     assert summary["per_iteration"]["b"] == {}
     # generation 4.5 s for 2,100 tokens, update 4.5 s for 1,200 trained tokens
     assert summary["cpu_generation_cost"] == pytest.approx((4.5 / 2100) / (4.5 / 1200))
     rows = cost_table(summary).splitlines()
-    assert rows[2] == "| a | 3.00 | 100 + 600 | 400 | 3750.0 | 7.0e-05 |" and len(rows) == 5
+    assert rows[2] == "| a | 3.00 (1.50 + 0.00 + 1.50) | 100 + 600 | 400 | 3750.0 | 7.0e-05 |" and len(rows) == 5
     assert "0.57 trained tokens" in rows[4]
 
 
@@ -217,7 +217,8 @@ def test_the_cost_model_counts_generated_and_trained_tokens():
     # a run that trained nothing has no update cost: a dash in the table, not a made-up 0 ms
     summary = {"per_iteration": {"u": per_iteration({0: {"iterations": [untrained]}})}, "cpu_generation_cost": None}
     assert summary["per_iteration"]["u"]["update_ms_per_1k_trained"] is None
-    assert cost_table(summary).splitlines()[2] == "| u | 14.00 | 100 + 900 | 0 | — | — |"  # nor a rate recorded
+    # nor a rate recorded; the seconds split in the order sampling + credit + update
+    assert cost_table(summary).splitlines()[2] == "| u | 14.00 (1.00 + 9.00 + 4.00) | 100 + 900 | 0 | — | — |"
 
 
 def test_a_finished_run_is_not_run_again_and_a_cut_short_one_starts_over(tmp_path):

@@ -31,6 +31,7 @@ from vineppo.bench.stats import (Interval, accuracy_at, area_under_curve, first_
                                  paired_differences, training_accuracy_mean, widest_step)
 
 Runs = dict[str, dict[int, dict]]  # label -> seed -> a run's result (vineppo.bench.compare.run_one)
+PHASES = ("time/sample", "time/credit", "time/update")  # an iteration's seconds: sampling, credit (MC), update
 
 
 def default_thresholds(results: Runs) -> list[float]:
@@ -112,10 +113,10 @@ def summarize(
 
 
 def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
-    """Means over every iteration of every seed: seconds, policy and MC tokens generated, tokens trained; and the
-    update's milliseconds per 1,000 trained tokens over all of them (None where nothing was trained), which
-    compares the machine's speed between runs of one method (or of methods that update alike) made at different
-    times; and the mean learning rate (None for runs recorded before it was)."""
+    """Means over every iteration of every seed: seconds (and their sampling, credit and update parts), policy and
+    MC tokens generated, tokens trained; and the update's milliseconds per 1,000 trained tokens over all of them
+    (None where nothing was trained), which compares the machine's speed between runs of one method (or of methods
+    that update alike) made at different times; and the mean learning rate (None for runs recorded before it was)."""
     records = [record for run in runs.values() for record in run["iterations"]]
     if not records:
         return {}
@@ -123,6 +124,7 @@ def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
     rates = [r["train/lr"] for r in records if "train/lr" in r]
     return {
         "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
+        **{key: statistics.fmean(r[key] for r in records) for key in PHASES},
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
         "tokens/trained": statistics.fmean(trained_tokens(r) for r in records),
         "update_ms_per_1k_trained": None if update_cost is None else 1e6 * update_cost,
@@ -217,17 +219,19 @@ def coarse_iterations_note(summary: dict) -> str:
 
 
 def cost_table(summary: dict) -> str:
-    """Per run label, its mean iteration: seconds, generated tokens (policy + MC), trained tokens, the update's
-    milliseconds per 1,000 trained tokens, the learning rate its steps took (a warmup counted in iterations holds a
-    method with few iterations in the budget below the others' rate); then this machine's generation cost measured
-    from every iteration (vineppo.bench.cost)."""
-    header = ("| run | seconds per iteration | generated tokens per iteration (policy + MC) | trained tokens per iteration "
+    """Per run label, its mean iteration: seconds (sampling + credit + update: where a method's time goes),
+    generated tokens (policy + MC), trained tokens, the update's milliseconds per 1,000 trained tokens, the learning
+    rate its steps took (a warmup counted in iterations holds a method with few iterations in the budget below the
+    others' rate); then this machine's generation cost measured from every iteration (vineppo.bench.cost)."""
+    header = ("| run | seconds per iteration (sampling + credit + update) "
+              "| generated tokens per iteration (policy + MC) | trained tokens per iteration "
               "| update ms per 1,000 trained tokens | mean learning rate |")
     lines = [header, "|---|---|---|---|---|---|"]
     for label, mean in summary["per_iteration"].items():
         if mean:
             update_ms, lr = mean["update_ms_per_1k_trained"], mean["lr"]
-            lines.append(f"| {label} | {mean['seconds']:.2f} | {mean['tokens/policy']:,.0f} + "
+            phases = " + ".join(f"{mean[key]:.2f}" for key in PHASES)
+            lines.append(f"| {label} | {mean['seconds']:.2f} ({phases}) | {mean['tokens/policy']:,.0f} + "
                          f"{mean['tokens/mc']:,.0f} | {mean['tokens/trained']:,.0f} | "
                          f"{'—' if update_ms is None else f'{update_ms:.1f}'} | {'—' if lr is None else f'{lr:.1e}'} |")
     if summary["cpu_generation_cost"] is not None:
