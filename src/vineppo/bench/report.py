@@ -122,9 +122,10 @@ def per_iteration(runs: dict[int, dict]) -> dict[str, float | None]:
         return {}
     update_cost = update_seconds_per_trained_token(records)
     rates = [r["train/lr"] for r in records if "train/lr" in r]
+    phases = {key: statistics.fmean(r[key] for r in records) for key in PHASES}
     return {
-        "seconds": statistics.fmean(r["time/sample"] + r["time/credit"] + r["time/update"] for r in records),
-        **{key: statistics.fmean(r[key] for r in records) for key in PHASES},
+        "seconds": sum(phases.values()),
+        **phases,
         **{key: statistics.fmean(r[key] for r in records) for key in GENERATED},
         "tokens/trained": statistics.fmean(trained_tokens(r) for r in records),
         "update_ms_per_1k_trained": None if update_cost is None else 1e6 * update_cost,
