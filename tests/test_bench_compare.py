@@ -193,8 +193,8 @@ def test_every_pair_and_the_mean_iteration_by_hand():
     # a's three iterations: 3 s, 100 policy and 600 MC tokens, 400 trained on average; b and c have none;
     # updates of 1 + 2 + 1.5 s for 1,200 trained tokens: 3,750 ms per 1,000; learning rates 1e-5, 1e-4, 1e-4
     assert summary["per_iteration"]["a"] == pytest.approx(
-        {"seconds": 3.0, "time/sample": 1.5, "time/credit": 0.0, "time/update": 1.5, "tokens/policy": 100, "tokens/mc": 600, "tokens/trained": 400,
-         "update_ms_per_1k_trained": 3750.0, "lr": 7e-5})
+        {"seconds": 3.0, "time/sample": 1.5, "time/credit": 0.0, "time/update": 1.5, "tokens/policy": 100,
+         "tokens/mc": 600, "tokens/trained": 400, "update_ms_per_1k_trained": 3750.0, "lr": 7e-5})
     assert summary["per_iteration"]["b"] == {}
     # generation 4.5 s for 2,100 tokens, update 4.5 s for 1,200 trained tokens
     assert summary["cpu_generation_cost"] == pytest.approx((4.5 / 2100) / (4.5 / 1200))
