@@ -302,3 +302,57 @@ def test_the_learning_rate_logged_is_the_mean_of_the_rates_the_steps_took(model)
     assert stats["lr"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)  # 2 steps an epoch, 2 epochs
     nothing = minibatch_steps(trained, [], train, torch.Generator().manual_seed(0), micro_loss)
     assert nothing["lr"] == pytest.approx(0.5)  # no step taken: the schedule's current rate
+
+
+def test_dropping_zero_advantages_cuts_each_response_after_its_last_nonzero_one():
+    from vineppo.update import dropped_metrics, nonzero_advantage_part
+
+    shapes = [[0.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0], [-1.0], [0.0, 0.0, 0.2]]
+    full = []
+    for i, advantages in enumerate(shapes):
+        episode = Episode(i, PROBLEM, [1, 2], [3 + j for j in range(len(advantages))], [-0.1 * j for j in
+                          range(len(advantages))], "stop")
+        episode.advantages = advantages
+        full.append(episode)
+    kept = nonzero_advantage_part(full)
+    assert [e.prompt_index for e in kept] == [0, 2, 3]
+    assert [e.response_ids for e in kept] == [[3, 4], [3], [3, 4, 5]]
+    assert [e.sample_logprobs for e in kept] == [[0.0, -0.1], [0.0], [0.0, -0.1, -0.2]]
+    assert [e.advantages for e in kept] == [[0.0, 0.5], [-1.0], [0.0, 0.0, 0.2]]
+    assert full[0].response_ids == [3, 4, 5, 6]  # the episodes themselves are not cut
+    assert dropped_metrics(full, kept) == {"update/dropped_episodes": 0.25, "update/dropped_tokens": 1 - 6 / 11}
+
+
+def test_dropping_zero_advantages_leaves_the_policy_gradient_but_for_the_token_mean(model):
+    """Without whitening and KL, one step on the nonzero-advantage part moves the weights by the full step times
+    (all response tokens / tokens kept), the token mean's other denominator: fails if a cut changed a kept
+    token's log-prob or a nonzero advantage were left out."""
+    from vineppo.update import nonzero_advantage_part
+
+    full = episodes(8, seed=3)
+    for i, episode in enumerate(full):
+        if i % 3 == 0:
+            episode.advantages = [0.0] * len(episode.advantages)
+        elif len(episode.advantages) > 2:
+            episode.advantages[-2:] = [0.0, 0.0]
+    kept = nonzero_advantage_part(full)
+    assert 0 < len(kept) < len(full)
+
+    def step(eps):
+        policy = copy.deepcopy(model)
+        train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8, micro_batch_size=4,
+                            epochs=1, max_grad_norm=1e9)
+        batches, _ = prepare(policy, policy, eps, pad_id=0, micro_batch_size=4, temperature=0.7,
+                             whiten_advantages=False, device=torch.device("cpu"))
+        optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        before = [p.detach().clone() for p in policy.parameters()]
+        ppo_update(Trained(policy, optimizer, scheduler), batches, AlgoConfig(kl_coef=0.0), train, 0.7,
+                   torch.Generator().manual_seed(0))
+        return [p.detach() - b for p, b in zip(policy.parameters(), before)]
+
+    tokens = [sum(len(e.response_ids) for e in eps) for eps in (full, kept)]
+    assert tokens[1] < tokens[0]
+    for whole, part in zip(step(full), step(kept)):
+        assert torch.allclose(whole * tokens[0], part * tokens[1], atol=1e-5, rtol=1e-4)  # float32 sums
+    assert any(d.abs().max() > 0 for d in step(kept))

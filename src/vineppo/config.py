@@ -380,6 +380,17 @@ class AlgoConfig(_Section):
     """How the policy loss averages over a mini-batch (vineppo.losses.token_weights): "token_mean" over its
     response tokens (paper), or "sequence_mean", the mean of each response's token-mean. PPO family and
     restem."""
+    drop_zero_advantage: bool = False
+    """Train only on what the credit gave a nonzero advantage (before whitening): an episode whose advantages are
+    all 0 (a GRPO or RLOO group whose rewards agree; a VinePPO sample whose values never moved; a trained rollout
+    whose siblings agree) leaves the update, and a response's tokens after its last nonzero advantage are cut (a
+    causal LM's log-probs of the earlier tokens do not read them): fewer tokens through the update's forwards and
+    backwards, as RestEM's filter gives it. Without whitening (grpo, rloo) the policy-gradient term of what is left
+    out is exactly 0, so the update changes only by the KL penalty it no longer sees there and by the token mean
+    over fewer tokens; with whitening (vineppo, ppo) its tokens would have got the constant -mean/std, a baseline
+    shift whose expected gradient is 0, and the whitening is over the tokens kept. Fewer episodes may take fewer
+    optimizer steps (caught up in the schedule, as RestEM's). A departure (issue 17), off by default. PPO
+    family."""
 
     @field_validator("name")
     @classmethod

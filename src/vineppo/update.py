@@ -209,9 +209,13 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     """The PPO family's update: old and reference log-probs at the sampling temperature, then `ppo_update`; and,
     for a method with a value network (ctx.critic), the value network's epochs over the same micro-batches.
     Rollouts trained as episodes (`Episode.rollout`) join the samples' mini-batches rather than adding steps, so
-    an iteration takes the same optimizer steps (and learning-rate schedule) with them as without."""
+    an iteration takes the same optimizer steps (and learning-rate schedule) with them as without; with
+    `algo.drop_zero_advantage` the episodes are first cut to their nonzero advantages, and may take fewer."""
     algo, train = ctx.cfg.algo, ctx.cfg.train
     micro_batches = micro_batches_with_rollouts(episodes, train)
+    trained = nonzero_advantage_part(episodes) if algo.drop_zero_advantage else episodes
+    dropped = dropped_metrics(episodes, trained)
+    episodes = trained
     temperature = ctx.sampling.temperature
     with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
         batches, gap = prepare(
@@ -227,7 +231,32 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     if ctx.critic is not None:
         with ctx.bars.phase("value update", planned_steps(train, len(batches))) as bar:
             stats.update(ctx.critic.update(torch.Generator().manual_seed(ctx.seed), on_step=bar.advance))
-    return {**stats, **gap}
+    return {**stats, **gap, **dropped}
+
+
+def nonzero_advantage_part(episodes: list[Episode]) -> list[Episode]:
+    """What `algo.drop_zero_advantage` trains on: each episode cut after its last token with a nonzero advantage,
+    and the episodes with none left out."""
+    kept = []
+    for episode in episodes:
+        nonzero = [i for i, advantage in enumerate(episode.advantages) if advantage != 0]
+        if nonzero:
+            length = nonzero[-1] + 1
+            kept.append(replace(
+                episode, response_ids=episode.response_ids[:length], sample_logprobs=episode.sample_logprobs[:length],
+                advantages=episode.advantages[:length],
+            ))
+    return kept
+
+
+def dropped_metrics(episodes: list[Episode], trained: list[Episode]) -> dict[str, float]:
+    """The shares of the episodes and of their response tokens that the update left out (`nonzero_advantage_part`;
+    0 without `algo.drop_zero_advantage`)."""
+    tokens = sum(len(e.response_ids) for e in episodes)
+    return {
+        "update/dropped_episodes": 1 - len(trained) / max(1, len(episodes)),
+        "update/dropped_tokens": 1 - sum(len(e.response_ids) for e in trained) / max(1, tokens),
+    }
 
 
 def planned_steps(train: TrainConfig, micro_batches: int, per_step: int | None = None) -> int:
