@@ -34,3 +34,23 @@ def test_a_name_outside_the_table_is_refused_naming_the_methods(capsys):
     err = capsys.readouterr().err
     assert "algo.name: 'toy' is not a method; choose one of vineppo, ppo, grpo, rloo, restem, dpo_plus" in err
 
+
+
+def zero_credit(episodes, ctx):
+    """A toy estimator that finds no signal: advantage 0 on every token."""
+    for episode in episodes:
+        episode.advantages = [0.0] * len(episode.response_ids)
+        episode.step_starts, episode.step_values = [0], [0.0]
+    return {}
+
+
+def test_an_iteration_left_with_nothing_to_train_on_takes_no_step(tmp_path, sft_cache, monkeypatch):
+    """algo.drop_zero_advantage when every advantage is 0 (whitening on, which would have made them -mean/std = 0
+    anyway): the update trains on nothing and the run goes on."""
+    monkeypatch.setitem(METHODS, "zero", Method(credit=zero_credit, update=train_ppo))
+    run = tmp_path / "run"
+    overrides = ["train.iterations=2", "algo.name=zero", "algo.drop_zero_advantage=true", "algo.whiten_advantages=true"]
+    assert main(["train", "--run-dir", str(run), *TINY, *overrides]) == 0
+    for record in read_metrics(run)[1:]:
+        assert record["update/dropped_episodes"] == 1.0 and record["update/dropped_tokens"] == 1.0
+        assert record["tokens/update"] == 0 and "loss/grad_norm" not in record
