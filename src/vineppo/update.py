@@ -213,13 +213,11 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     `algo.drop_zero_advantage` the episodes are first cut to their nonzero advantages, and may take fewer."""
     algo, train = ctx.cfg.algo, ctx.cfg.train
     micro_batches = micro_batches_with_rollouts(episodes, train)
-    trained = nonzero_advantage_part(episodes) if algo.drop_zero_advantage else episodes
-    dropped = dropped_metrics(episodes, trained)
-    episodes = trained
+    kept = nonzero_advantage_part(episodes) if algo.drop_zero_advantage else episodes
     temperature = ctx.sampling.temperature
-    with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
+    with ctx.policy.gathered():  # no-grad passes, as many as this rank's episodes kept
         batches, gap = prepare(
-            ctx.policy.model, ctx.reference, episodes, ctx.pad_id, train.micro_batch_size, temperature=temperature,
+            ctx.policy.model, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=temperature,
             whiten_advantages=ctx.whiten and algo.whiten_scope == "iteration", device=ctx.device,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -231,7 +229,7 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     if ctx.critic is not None:
         with ctx.bars.phase("value update", planned_steps(train, len(batches))) as bar:
             stats.update(ctx.critic.update(torch.Generator().manual_seed(ctx.seed), on_step=bar.advance))
-    return {**stats, **gap, **dropped}
+    return {**stats, **gap, **dropped_metrics(episodes, kept)}
 
 
 def nonzero_advantage_part(episodes: list[Episode]) -> list[Episode]:
