@@ -35,7 +35,6 @@ def test_a_name_outside_the_table_is_refused_naming_the_methods(capsys):
     assert "algo.name: 'toy' is not a method; choose one of vineppo, ppo, grpo, rloo, restem, dpo_plus" in err
 
 
-
 def zero_credit(episodes, ctx):
     """A toy estimator that finds no signal: advantage 0 on every token."""
     for episode in episodes:
