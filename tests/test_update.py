@@ -36,15 +36,16 @@ def episodes(count=8, seed=0):
 
 
 def one_step(model, micro_batch_size, whiten=True, aggregation="token_mean", whiten_scope="iteration", eps=None,
-             kl_coef=0.1):
+             kl_coef=0.1, group_by_length=False):
     """The weights' change from one SGD step (lr 1) of `ppo_update` on `eps` (default: `episodes()`)."""
     policy = copy.deepcopy(model)
     reference = copy.deepcopy(model)
     train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=8,
-                        micro_batch_size=micro_batch_size, epochs=1, max_grad_norm=1e9)
+                        micro_batch_size=micro_batch_size, epochs=1, max_grad_norm=1e9, group_by_length=group_by_length)
     algo = AlgoConfig(kl_coef=kl_coef, loss_aggregation=aggregation, whiten_scope=whiten_scope)
     batches, _ = prepare(policy, reference, eps or episodes(), pad_id=0, micro_batch_size=micro_batch_size,
-                         temperature=0.7, whiten_advantages=whiten, device=torch.device("cpu"))
+                         temperature=0.7, whiten_advantages=whiten, device=torch.device("cpu"),
+                         group_by_length=group_by_length)
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     # perturb first so the KL term has a gradient too
@@ -231,6 +232,70 @@ def test_each_epoch_draws_its_mini_batches_from_shuffled_episodes(model):
     assert {steps[0], steps[1]} != {steps[2], steps[3]}  # epoch 2 regroups them
     prepared = {frozenset((2 * j, 2 * j + 1)) for j in range(4)}  # how prepare cut the micro-batches
     assert any(frozenset(micro) not in prepared for micro in seen)
+
+
+def test_grouping_by_length_leaves_the_update_unchanged(model):
+    """Fails if `train.group_by_length` loses or repeats a row, or a micro-batch is normalised by its own totals."""
+    torch.manual_seed(1)
+    drawn, _ = one_step(model, micro_batch_size=2)
+    torch.manual_seed(1)
+    grouped, _ = one_step(model, micro_batch_size=2, group_by_length=True)
+    for a, b in zip(drawn, grouped):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert any(d.abs().max() > 0 for d in drawn)
+
+
+def test_grouping_by_length_prepares_the_same_rows_in_the_same_order(model):
+    plain, _ = prepare(model, model, episodes(), pad_id=0, micro_batch_size=2, temperature=0.7,
+                       whiten_advantages=True, device=torch.device("cpu"))
+    grouped, _ = prepare(model, model, episodes(), pad_id=0, micro_batch_size=2, temperature=0.7,
+                         whiten_advantages=True, device=torch.device("cpu"), group_by_length=True)
+    assert len(plain) == len(grouped) == 4
+    for a, b in zip(plain, grouped):
+        mask = a.tokens.response_mask
+        assert torch.equal(a.tokens.input_ids, b.tokens.input_ids) and torch.equal(mask, b.tokens.response_mask)
+        assert torch.allclose(a.tokens.advantages, b.tokens.advantages, atol=1e-6)
+        assert torch.allclose(a.old_logp * mask, b.old_logp * mask, atol=1e-5)
+        assert torch.allclose(a.ref_logp * mask, b.ref_logp * mask, atol=1e-5)
+
+
+def test_grouping_by_length_cuts_each_drawn_mini_batch_after_sorting_it(model):
+    """The same mini-batches as without, each cut into micro-batches in order of length, so they pad less."""
+    from vineppo.update import minibatch_steps
+
+    def micro_batch_lengths(group_by_length):
+        batches, _ = prepare(model, model, episodes(), pad_id=0, micro_batch_size=2, temperature=1.0,
+                             whiten_advantages=False, device=torch.device("cpu"), group_by_length=group_by_length)
+        train = TrainConfig(prompts_per_iteration=4, samples_per_prompt=2, mini_batch_size=4, micro_batch_size=2,
+                            epochs=2, group_by_length=group_by_length)
+        seen = []  # per micro-batch, its rows' lengths
+
+        def micro_loss(trained, b, totals):
+            seen.append(b.tokens.attention_mask.sum(-1).tolist())
+            return (trained.model.embed_tokens.weight * 0).sum(), {}
+
+        policy = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        minibatch_steps(Trained(policy, optimizer, scheduler), batches, train, torch.Generator().manual_seed(0),
+                        micro_loss)
+        return seen
+
+    drawn, grouped = micro_batch_lengths(False), micro_batch_lengths(True)
+    steps = range(0, len(drawn), 2)
+    assert [sorted(drawn[s] + drawn[s + 1]) for s in steps] == [grouped[s] + grouped[s + 1] for s in steps]
+    padded = [sum(len(m) * max(m) for m in seen) for seen in (drawn, grouped)]
+    assert padded[1] < padded[0]
+
+
+def test_row_tokens_counts_every_token_batch_of_a_row(model):
+    from vineppo.episodes import collate, row_tokens, split_rows
+    from vineppo.preference import PairBatch
+
+    eps = episodes(4)
+    pairs = PairBatch(collate(eps[:2], 0), collate(eps[2:], 0), torch.zeros(2), torch.zeros(2))
+    lengths = [len(e.prompt_ids) + len(e.response_ids) for e in eps]
+    assert [row_tokens(r) for r in split_rows(pairs)] == [lengths[0] + lengths[2], lengths[1] + lengths[3]]
 
 
 def test_split_rows_and_join_rows_round_trip(model):

@@ -117,6 +117,13 @@ def _first_tensor(batch) -> torch.Tensor:
     return _first_tensor(value) if is_dataclass(value) else value
 
 
+def row_tokens(row) -> int:
+    """The tokens of a row of `split_rows` (of all its TokenBatches: both responses of a DPO+ pair)."""
+    if isinstance(row, TokenBatch):
+        return int(row.attention_mask.sum())
+    return sum(row_tokens(getattr(row, f.name)) for f in fields(row) if is_dataclass(getattr(row, f.name)))
+
+
 def join_rows(batches: list):
     """Batches of one type (rows of `split_rows`, or whole batches) stacked into one, each right-padded with 0 to
     the longest: padding is masked out (attention mask, response mask) wherever it could matter."""

@@ -39,7 +39,7 @@ def train_restem(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     with ctx.policy.gathered():  # no-grad passes, as many as this rank's samples
         batches, _ = prepare(
             ctx.policy.model, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=1.0,
-            whiten_advantages=False, device=ctx.device,
+            whiten_advantages=False, device=ctx.device, group_by_length=train.group_by_length,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
     with ctx.bars.phase("update", planned_steps(train, len(batches))) as bar:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from vineppo.config import AlgoConfig, TrainConfig
-from vineppo.episodes import Episode, TokenBatch, collate, join_rows, split_rows
+from vineppo.episodes import Episode, TokenBatch, collate, join_rows, row_tokens, split_rows
 from vineppo.losses import (
     KLPenalty, MiniBatchTotals, entropy_from_logits, ppo_policy_loss, token_logprobs, token_weights, whiten,
 )
@@ -45,29 +45,40 @@ def forward_logprobs(model, tokens: TokenBatch, temperature: float, with_entropy
     return logp, entropy
 
 
-def micro_batches(episodes: list[Episode], size: int) -> list[list[Episode]]:
-    return [episodes[i : i + size] for i in range(0, len(episodes), size)]
+def micro_batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def by_length(episodes: list[Episode]) -> list[int]:
+    """The episodes' indices, shortest (prompt + response) first; ties in their order."""
+    return sorted(range(len(episodes)), key=lambda i: len(episodes[i].prompt_ids) + len(episodes[i].response_ids))
 
 
 @torch.no_grad()
 def prepare(
     policy, reference, episodes: list[Episode], pad_id: int, micro_batch_size: int, *, temperature: float,
-    whiten_advantages: bool, device: torch.device,
+    whiten_advantages: bool, device: torch.device, group_by_length: bool = False,
 ) -> tuple[list[PreparedBatch], dict[str, float]]:
     """Collate micro-batches and compute old and reference log-probs at `temperature` (the sampling temperature
     for PPO, whose ratio is to the sampling policy; 1 for RestEM's supervised loss); with `whiten_advantages`,
-    whiten the advantages over the iteration (algo.whiten_scope "iteration")."""
+    whiten the advantages over the iteration (algo.whiten_scope "iteration"). With `group_by_length`
+    (train.group_by_length) the passes run over episodes of similar length; either way the micro-batches returned
+    hold the episodes in their order, so the update draws the same mini-batches."""
     was_training = policy.training
     policy.eval()
-    batches, gap_sum, tokens_total = [], 0.0, 0.0
-    for group in micro_batches(episodes, micro_batch_size):
-        tokens = collate(group, pad_id).to(device)
+    passes = by_length(episodes) if group_by_length else list(range(len(episodes)))
+    rows: list = [None] * len(episodes)
+    gap_sum, tokens_total = 0.0, 0.0
+    for indices in micro_batches(passes, micro_batch_size):
+        tokens = collate([episodes[i] for i in indices], pad_id).to(device)
         old_logp = forward_logprobs(policy, tokens, temperature)
         ref_logp = forward_logprobs(reference, tokens, temperature)
         gap_sum += ((old_logp - tokens.sample_logprobs).abs() * tokens.response_mask).sum().item()
         tokens_total += tokens.response_mask.sum().item()
-        batches.append(PreparedBatch(tokens, old_logp, ref_logp))
+        for i, row in zip(indices, split_rows(PreparedBatch(tokens, old_logp, ref_logp))):
+            rows[i] = row
     policy.train(was_training)
+    batches = [join_rows(group) for group in micro_batches(rows, micro_batch_size)]
     if whiten_advantages:
         batches = whitened(batches)
     return batches, {"logprob_gap/sampler_vs_trainer": gap_sum / max(tokens_total, 1.0)}
@@ -109,7 +120,8 @@ def minibatch_steps(
     """`train.epochs` passes over the rows of `batches` (episodes; DPO+'s pairs) in shuffled order, one clipped
     optimizer step per mini-batch: each epoch draws this rank's share of every mini-batch from the shuffled rows
     and cuts it into `micro_batches` micro-batches (default: `train`'s) of `rows_per_micro_batch` rows (default
-    `train.micro_batch_size`), as the official trainer draws mini-batches from shuffled episodes.
+    `train.micro_batch_size`), as the official trainer draws mini-batches from shuffled episodes; with
+    `train.group_by_length`, cut after sorting them by length (`row_tokens`), so a micro-batch pads less.
 
     Each micro-batch's loss is normalised by the totals of its whole mini-batch (response tokens, responses; over
     every rank of a data-parallel run), so accumulating the micro-batch gradients, and summing them over the
@@ -128,6 +140,7 @@ def minibatch_steps(
     per_step = micro_batches or micro_batches_per_step(train)
     micro = rows_per_micro_batch or train.micro_batch_size
     rows = [row for batch in batches for row in split_rows(batch)]
+    lengths = [row_tokens(row) for row in rows] if train.group_by_length else None
     rows_per_step = per_step * micro
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(rows) / rows_per_step))
     gradients = trained.stepper(train.max_grad_norm)
@@ -137,7 +150,10 @@ def minibatch_steps(
     for _ in range(train.epochs):
         order = torch.randperm(len(rows), generator=generator).tolist()
         for first in range(0, steps_per_epoch * rows_per_step, rows_per_step):
-            drawn = [rows[i] for i in order[first : first + rows_per_step]]
+            picked = order[first : first + rows_per_step]
+            if lengths is not None:  # train.group_by_length: micro-batches of rows of similar length
+                picked = sorted(picked, key=lengths.__getitem__)
+            drawn = [rows[i] for i in picked]
             group = [join_rows(drawn[j : j + micro]) for j in range(0, len(drawn), micro)]
             if per_mini_batch is not None:
                 group = per_mini_batch(group)
@@ -219,6 +235,7 @@ def train_ppo(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         batches, gap = prepare(
             ctx.policy.model, ctx.reference, kept, ctx.pad_id, train.micro_batch_size, temperature=temperature,
             whiten_advantages=ctx.whiten and algo.whiten_scope == "iteration", device=ctx.device,
+            group_by_length=train.group_by_length,
         )
     generator = torch.Generator().manual_seed(ctx.seed)
     with ctx.bars.phase("update", planned_steps(train, len(batches), micro_batches)) as bar:
