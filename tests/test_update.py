@@ -260,7 +260,8 @@ def test_grouping_by_length_prepares_the_same_rows_in_the_same_order(model):
 
 
 def test_grouping_by_length_cuts_each_drawn_mini_batch_after_sorting_it(model):
-    """The same mini-batches as without, each cut into micro-batches in order of length, so they pad less."""
+    """The same mini-batches as without, each cut into micro-batches in order of length, so they pad less (the
+    padded positions counted as `padded_tokens`)."""
     from vineppo.update import minibatch_steps
 
     def micro_batch_lengths(group_by_length):
@@ -277,8 +278,10 @@ def test_grouping_by_length_cuts_each_drawn_mini_batch_after_sorting_it(model):
         policy = copy.deepcopy(model)
         optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        minibatch_steps(Trained(policy, optimizer, scheduler), batches, train, torch.Generator().manual_seed(0),
-                        micro_loss)
+        stats = minibatch_steps(Trained(policy, optimizer, scheduler), batches, train,
+                                torch.Generator().manual_seed(0), micro_loss)
+        assert stats["padded_tokens"] == sum(len(m) * max(m) for m in seen)
+        assert stats["tokens"] == sum(sum(m) for m in seen)
         return seen
 
     drawn, grouped = micro_batch_lengths(False), micro_batch_lengths(True)

@@ -135,7 +135,7 @@ def minibatch_steps(
     Returns the per-step means of `micro_loss`'s statistics, of `grad_norm` (before clipping) and of `lr` (the rate
     each step took; the schedule's current one if none was taken), and `tokens`: this rank's tokens (prompt +
     response) through the training forwards and backwards, every epoch counted (the cost model of
-    vineppo.bench.cost).
+    vineppo.bench.cost), and `padded_tokens`: the positions of those passes' tensors, padding included.
     """
     per_step = micro_batches or micro_batches_per_step(train)
     micro = rows_per_micro_batch or train.micro_batch_size
@@ -145,7 +145,7 @@ def minibatch_steps(
     steps_per_epoch = distributed.max_over_ranks(math.ceil(len(rows) / rows_per_step))
     gradients = trained.stepper(train.max_grad_norm)
     sums: dict[str, float] = {}
-    steps, trained_tokens = 0, 0
+    steps, trained_tokens, padded_tokens = 0, 0, 0
     trained.model.train()
     for _ in range(train.epochs):
         order = torch.randperm(len(rows), generator=generator).tolist()
@@ -161,6 +161,7 @@ def minibatch_steps(
             tokens, sequences = distributed.sum_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
             totals = MiniBatchTotals(tokens=tokens, sequences=sequences)
             trained_tokens += sum(int(b.tokens.attention_mask.sum().item()) for b in group)
+            padded_tokens += sum(b.tokens.attention_mask.numel() for b in group)
             gradients.start()
             step_stats: dict[str, float] = {}
             for b in group:
@@ -185,7 +186,7 @@ def minibatch_steps(
                 on_step()
     stats = {name: value / steps for name, value in sums.items()}
     stats.setdefault("lr", trained.scheduler.get_last_lr()[0])
-    stats["tokens"] = trained_tokens
+    stats["tokens"], stats["padded_tokens"] = trained_tokens, padded_tokens
     return stats
 
 
@@ -296,4 +297,5 @@ def policy_stats(stats: dict[str, float]) -> dict[str, float]:
         stats["loss/grad_norm"] = stats.pop("grad_norm")
     stats["train/lr"] = stats.pop("lr")
     stats["tokens/update"] = stats.pop("tokens")
+    stats["tokens/update_padded"] = stats.pop("padded_tokens")
     return stats
