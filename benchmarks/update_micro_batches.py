@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import tempfile
 
@@ -51,11 +52,14 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["64:false", "16:false", "16:true", "8:true"])
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args()
+    for text in args.settings:
+        if not re.fullmatch(r"\d+:(true|false)", text):
+            parser.error(f"--settings: '{text}' is not MICRO:GROUPED, e.g. 16:true")
     console = make_console()
-    settings = [tuple(s.split(":")) for s in args.settings]
-    runs: dict[str, list[list[dict]]] = {s: [] for s in args.settings}
+    runs: dict[str, list[list[dict]]] = {text: [] for text in args.settings}
     for round_ in range(args.rounds):
-        for text, (micro, grouped) in zip(args.settings, settings):
+        for text in args.settings:
+            micro, grouped = text.split(":")
             overrides = [f"train.micro_batch_size={micro}", f"train.group_by_length={grouped}", *args.overrides]
             runs[text].append(one_run(args.config, overrides, args.iterations, console))
             console.print(f"round {round_ + 1}/{args.rounds}: {text} done")
