@@ -412,11 +412,12 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(64, ge=1)
     """Episodes per forward/backward pass; gradients are accumulated over the mini-batch."""
     group_by_length: bool = False
-    """Cut each mini-batch (and the no-grad passes before the update) into micro-batches of rows of similar length,
-    so that a micro-batch is padded to less than its mini-batch's longest row; it pays only with micro_batch_size
-    below mini_batch_size. The step's gradient is the same (a mini-batch's loss is normalised by its own totals);
-    only the float summation order changes, and with algo.ratio_threshold the skip test, which reads a
-    micro-batch's mean ratio, sees other groups of rows. Off: micro-batches in drawn order (the official code)."""
+    """Cut each mini-batch (and the PPO family's and RestEM's no-grad passes before the update) into micro-batches of
+    rows of similar length, so that a micro-batch is padded to less than its mini-batch's longest row; it pays only
+    with micro_batch_size below mini_batch_size. The step's gradient is the same (a mini-batch's loss is normalised
+    by its own totals); only the float summation order changes, and with algo.ratio_threshold the skip test, which
+    reads a micro-batch's mean ratio, sees other groups of rows. Off: micro-batches in drawn order (the official
+    code)."""
     epochs: int = Field(2, ge=1)
     """PPO epochs over each iteration's episodes (paper: 2)."""
     lr: float = Field(1e-4, gt=0)
