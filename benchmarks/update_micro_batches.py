@@ -5,8 +5,10 @@ train.group_by_length=true`) trains `--iterations` iterations from the same seed
 interleaved rounds (A B C, A B C, ...), so every setting sees the same episodes up to float rounding (the settings
 give the same optimizer step; tests/test_update.py). No evaluation is run.
 
-    python benchmarks/update_micro_batches.py [--config configs/forks.yaml] [--iterations 8] [--rounds 2]
-        [--settings 64:false 16:false 16:true 8:true] [overrides...]
+    python benchmarks/update_micro_batches.py [overrides...] [--config configs/forks.yaml] [--iterations 8]
+        [--rounds 2] [--settings 64:false 16:false 16:true 8:true]
+
+(overrides before --settings, which takes every word after it).
 
 The default workload is the forks task's in-band SFT model (model.tiny.sft.steps=6000, cached after its first
 training) under VinePPO K = 1 with `skip_agreeing_groups`, `reuse_samples` and `drop_zero_advantage`: the setting
