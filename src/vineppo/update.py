@@ -66,22 +66,31 @@ def prepare(
     hold the episodes in their order, so the update draws the same mini-batches."""
     was_training = policy.training
     policy.eval()
-    passes = by_length(episodes) if group_by_length else list(range(len(episodes)))
-    rows: list = [None] * len(episodes)
-    gap_sum, tokens_total = 0.0, 0.0
-    for indices in micro_batches(passes, micro_batch_size):
+    passes = micro_batches(by_length(episodes) if group_by_length else list(range(len(episodes))), micro_batch_size)
+    batches, gap_sum, tokens_total = [], 0.0, 0.0
+    for indices in passes:
         tokens = collate([episodes[i] for i in indices], pad_id).to(device)
         old_logp = forward_logprobs(policy, tokens, temperature)
         ref_logp = forward_logprobs(reference, tokens, temperature)
         gap_sum += ((old_logp - tokens.sample_logprobs).abs() * tokens.response_mask).sum().item()
         tokens_total += tokens.response_mask.sum().item()
-        for i, row in zip(indices, split_rows(PreparedBatch(tokens, old_logp, ref_logp))):
-            rows[i] = row
+        batches.append(PreparedBatch(tokens, old_logp, ref_logp))
     policy.train(was_training)
-    batches = [join_rows(group) for group in micro_batches(rows, micro_batch_size)]
+    if group_by_length:
+        batches = in_episode_order(batches, passes, micro_batch_size)
     if whiten_advantages:
         batches = whitened(batches)
     return batches, {"logprob_gap/sampler_vs_trainer": gap_sum / max(tokens_total, 1.0)}
+
+
+def in_episode_order(batches: list[PreparedBatch], passes: list[list[int]], size: int) -> list[PreparedBatch]:
+    """`batches`, whose rows are the episodes numbered in `passes`, recut into micro-batches of `size` episodes in
+    their own order."""
+    rows: list = [None] * sum(map(len, passes))
+    for indices, batch in zip(passes, batches):
+        for i, row in zip(indices, split_rows(batch)):
+            rows[i] = row
+    return [join_rows(group) for group in micro_batches(rows, size)]
 
 
 def whitened(batches: list[PreparedBatch]) -> list[PreparedBatch]:
