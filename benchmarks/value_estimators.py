@@ -5,10 +5,12 @@ truth (issue 17: K, `root_value`, `reuse_samples`, `k_allocation`).
 The policy is the run's starting point (the cached SFT warm start of a built-in task, or model.path); one
 iteration's batch (`train.prompts_per_iteration` training prompts x `samples_per_prompt` samples, the training
 sampling settings) is drawn once. Every estimator (`--variants`, each a comma-separated list of algo.vineppo
-keys) values every step boundary of every sample as the trainer does (vineppo.credit.vine.vine_credit), each with
+keys) values the step boundaries of every sample as the trainer does (vineppo.credit.vine.vine_credit), each with
 its own fresh rollouts; then `--states` of the batch's unique states are drawn at random and rolled out
 `--truth-rollouts` times each for the ground truth; `--batches` such batches, independent. The error is taken
-over every (sample, boundary) at a drawn state: with sibling reuse the same state has a different estimate for
+over every (sample, boundary) at a drawn state that the estimator values (`min_step_surprisal` values fewer; a
+paired difference takes the pairs both value; `skip_agreeing_groups` values no boundary of the samples it
+skips): with sibling reuse the same state has a different estimate for
 each sample (it leaves the sample out).
 
     python benchmarks/value_estimators.py --config configs/forks.yaml [--states 128] [--truth-rollouts 256]
@@ -72,11 +74,18 @@ def measure_batch(setup, cfg, configs, args, seed: int, device) -> dict:
     estimates, costs = {}, {}
     for variant, config in configs.items():
         episodes = copy.deepcopy(batch)
+        samples = list(episodes)  # vine_credit leaves out what `skip_agreeing_groups` skips, adds trained rollouts
         clock = time.perf_counter()
         metrics = vine_credit(episodes, context(config))
         costs[variant] = {"seconds": time.perf_counter() - clock, "states": metrics["value/states"],
                           "tokens": metrics["tokens/mc"], "saved": metrics["value/mc_saved"]}
-        estimates[variant] = [e.step_values[: len(keys)] for e, keys in zip(episodes, boundaries)]
+        valued, cap = {id(e) for e in episodes}, config.algo.vineppo.max_value_steps
+        estimates[variant] = [  # per sample, the values of the boundaries it estimated (by their token prefixes)
+            {tuple(e.prompt_ids + e.response_ids[:s]): v
+             for s, v in list(zip(e.step_starts, e.step_values))[: estimated_boundaries(len(e.step_starts), cap)]}
+            if id(e) in valued else {}
+            for e in samples
+        ]
 
     unique = {}  # prefix -> its state
     for episode, keys in zip(batch, boundaries):
@@ -85,10 +94,11 @@ def measure_batch(setup, cfg, configs, args, seed: int, device) -> dict:
     drawn = random.Random(seed + 1).sample(sorted(unique), min(args.states, len(unique)))
     truth = dict(zip(drawn, mc_values(setup.engine, setup.task, setup.codec.decode, [unique[k] for k in drawn],
                                       args.truth_rollouts, setup.rollouts, generator).values))
-    pairs = [(e, b) for e, keys in enumerate(boundaries) for b, key in enumerate(keys) if key in truth]
+    pairs = [(e, key) for e, keys in enumerate(boundaries) for key in keys if key in truth]
     return {
         "costs": costs,
-        "errors": {v: [abs(values[e][b] - truth[boundaries[e][b]]) for e, b in pairs] for v, values in estimates.items()},
+        "errors": {v: {(seed, e, key): abs(values[e][key] - truth[key]) for e, key in pairs if key in values[e]}
+                   for v, values in estimates.items()},
         "counts": {"samples": len(batch), "unique_states": len(unique), "truth_states": len(drawn),
                    "pairs": len(pairs), "truth_sum": sum(truth.values())},
     }
@@ -113,7 +123,7 @@ def main() -> None:
     batches = [measure_batch(setup, cfg, configs, args, args.seed + b, device) for b in range(args.batches)]
 
     counts = {key: sum(b["counts"][key] for b in batches) for key in batches[0]["counts"]}
-    errors = {v: [e for b in batches for e in b["errors"][v]] for v in args.variants}
+    errors = {v: {pair: e for b in batches for pair, e in b["errors"][v].items()} for v in args.variants}
     costs = {v: {key: sum(b["costs"][v][key] for b in batches) / len(batches) for key in batches[0]["costs"][v]}
              for v in args.variants}
     first = args.variants[0]
@@ -126,12 +136,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for variant in args.variants:
         cost = costs[variant]
-        paired = interval([a - b for a, b in zip(errors[variant], errors[first])]) if variant != first else "—"
+        common = [pair for pair in errors[variant] if pair in errors[first]]
+        paired = interval([errors[variant][p] - errors[first][p] for p in common]) if variant != first else "—"
         print(f"| {variant} | {cost['states']:.0f} | {cost['tokens']:,.0f} | {cost['saved']:.0%} | "
-              f"{cost['seconds']:.1f} | {interval(errors[variant])} | {paired} |")
+              f"{cost['seconds']:.1f} | {interval(list(errors[variant].values()))} | {paired} |")
     print(json.dumps({
         "batches": args.batches, **{k: v for k, v in counts.items() if k != "truth_sum"},
-        "estimators": {v: {**costs[v], "mae": mean_interval(errors[v]).as_dict()} for v in args.variants},
+        "estimators": {v: {**costs[v], "pairs": len(errors[v]), "mae": mean_interval(list(errors[v].values())).as_dict()}
+                       for v in args.variants},
         "seconds": time.perf_counter() - started,
     }))
 

@@ -1,5 +1,6 @@
 """VinePPO credit: hand-computed advantages, prefix deduplication, and an MC toy whose true values are known."""
 
+import itertools
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from vineppo.context import Context
 from vineppo.credit.vine import spread_over_tokens, step_advantages, vine_credit
 from vineppo.engine.base import Completion, SamplingParams, sample_counts
 from vineppo.episodes import Episode
+from vineppo.steps import merge_unsurprising_steps
 from vineppo.tasks.base import Grade, Problem
 from fakes import FakeTaskBase
 
@@ -491,3 +493,57 @@ def test_skipping_agreeing_groups_values_and_trains_only_the_prompts_whose_sampl
     for episode in failed:
         assert episode.advantages == [0.0] * len(episode.response_ids)
     assert len(mixed[0].step_values) == len(lone.step_values) == 3
+
+
+def coin_logprobs(token_ids):
+    """The coin policy's log-probs of a response's tokens: log p for heads, log(1 - p) for tails, 0 for the rest."""
+    return [{0: math.log(P_HEADS), 1: math.log(1 - P_HEADS)}.get(t, 0.0) for t in token_ids]
+
+
+def expected_update(valued_starts):
+    """The exact expected update per line of the coin toy (one logit per line) when the boundaries
+    `valued_starts(flips, logprobs)` are valued with their true values and every token of a merged step gets its
+    advantage: sum over the 8 responses of chance x score x advantage, through the credit's own functions."""
+    out = [0.0] * LINES
+    for flips in itertools.product([True, False], repeat=LINES):
+        episode = make_episode(list(flips))
+        starts = valued_starts(flips, coin_logprobs(episode.response_ids))
+        values = [true_value(sum(flips[: s // 2]), LINES - s // 2) for s in starts]
+        episode.advantages = spread_over_tokens(step_advantages(values, episode.reward), starts,
+                                                len(episode.response_ids))
+        chance = math.prod(P_HEADS if f else 1 - P_HEADS for f in flips)
+        out = [total + chance * score for total, score in zip(out, line_scores(episode))]
+    return out
+
+
+@pytest.mark.parametrize("min_surprisal", [0.0, 0.3, 0.5, 1.0, 1.3, 100.0])
+def test_merging_steps_by_the_surprisal_before_a_boundary_keeps_the_update_unbiased(min_surprisal):
+    """Heads carry -log 0.3 = 1.20 nats, tails -log 0.7 = 0.36: each threshold merges different lines on different
+    responses (100: every line, the outcome-level R - V(s_0)), and the expected update is the policy gradient
+    dJ/dtheta_l at every line, exactly. A rule that decides the boundary before a line by that line's own flip
+    (valued iff it comes out heads) reads past the boundary, and its expected update misses the gradient."""
+    lines = [0, 2, 4]
+    exact = [value_gradient(0, 0, line) for line in range(LINES)]
+    merged = expected_update(lambda flips, logprobs: merge_unsurprising_steps(lines, logprobs, min_surprisal))
+    assert merged == pytest.approx(exact, abs=1e-12)
+    peeking = expected_update(lambda flips, logprobs: [0] + [s for s in lines[1:] if flips[s // 2]])
+    assert abs(peeking[0] - exact[0]) > 0.04  # 0.0397 against 0.0882
+
+
+def test_merged_steps_are_rolled_out_only_at_the_boundaries_kept():
+    """min_step_surprisal 1.0 on "H T T" (1.20, 0.36, 0.36 nats) and "T T H" (0.36, 0.71 after two lines): the first
+    keeps s_1 ("H") and merges its last two lines; the second merges all three (the last line's heads comes after
+    the last boundary). States rolled out: the shared root and "H" only."""
+    engine = CoinEngine()
+    episodes = [make_episode([True, False, False]), make_episode([False, False, True])]
+    for episode in episodes:
+        episode.sample_logprobs = coin_logprobs(episode.response_ids)
+    metrics = vine(episodes, engine, CoinTask(), decode, k=2, generator=torch.Generator().manual_seed(0),
+                   max_value_steps=None, min_step_surprisal=1.0)
+    (prefixes,) = engine.calls
+    assert sorted(prefixes) == [[2], [2, 0, 2]]
+    assert [e.step_starts for e in episodes] == [[0, 2], [0]]
+    assert metrics["value/steps_merged"] == pytest.approx(3 / 4)  # 4 line boundaries after s_0, 1 kept
+    first, second = episodes
+    assert first.advantages[2:] == [first.reward - first.step_values[1]] * 5  # lines 2-3 and eos: R - V("H")
+    assert second.advantages == [second.reward - second.step_values[0]] * 7

@@ -1,6 +1,6 @@
 import pytest
 
-from vineppo.steps import estimated_boundaries, split_steps, step_spans
+from vineppo.steps import estimated_boundaries, merge_unsurprising_steps, split_steps, step_spans
 
 
 def chars(text):
@@ -43,6 +43,16 @@ def test_a_cap_c_estimates_boundaries_s0_to_sc():
     with pytest.raises(ValueError, match=">= 0"):
         estimated_boundaries(3, -1)
     assert step_spans([0, 2], 8) == [(0, 2), (2, 8)]  # a last kept step runs to the end: the "merge" of the tail
+
+
+def test_steps_merge_until_the_tokens_since_the_last_kept_boundary_hold_enough_surprisal():
+    logprobs = [-1.0, 0.0, -0.2, 0.0, -0.5, 0.0, -0.1, 0.0]  # steps of 2 tokens: surprisal 1.0, 0.2, 0.5, 0.1
+    starts = [0, 2, 4, 6]
+    assert merge_unsurprising_steps(starts, logprobs, 0.6) == [0, 2, 6]  # 1.0 >= 0.6; 0.2 < 0.6; 0.2 + 0.5 >= 0.6
+    assert merge_unsurprising_steps(starts, logprobs, 0.15) == [0, 2, 4, 6]
+    assert merge_unsurprising_steps(starts, logprobs, 1.5) == [0, 6]  # 1.0 + 0.2 < 1.5 <= 1.0 + 0.2 + 0.5
+    assert merge_unsurprising_steps(starts, logprobs, 2.0) == [0]  # the last step's own tokens never count
+    assert merge_unsurprising_steps(starts, [0.0] * 8, 0.0) == starts  # 0 keeps every boundary, even at surprisal 0
 
 
 def test_steps_cover_the_response_and_rejoin_to_it():

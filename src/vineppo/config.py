@@ -276,6 +276,14 @@ class VinePPOOptions(_Section):
     rate standing in for the state's unknown value), at least 1 per state. Decided from the samples' rewards before
     any rollout, so every state's mean stays unbiased; `reuse_samples` then subtracts the siblings from each
     state's share. A departure (issue 17), off by default."""
+    min_step_surprisal: float = Field(0.0, ge=0)
+    """Value a step boundary only once the sampled tokens since the last valued one hold at least this many nats of
+    surprisal (minus the sum of their log-probs as the engine sampled them, at the sampling temperature); the steps
+    in between merge into one, whose tokens all get its advantage. Across tokens the policy was sure of the value
+    hardly moves, so their boundaries cost rollouts and tell little. Whether a boundary is valued reads only the
+    tokens before it (a stopping time), so the advantages stay unbiased (docs/algorithms.md). A departure (issue 17,
+    the rule "boundaries only where the policy is uncertain"; TreeRL, arXiv 2506.11902, branches at uncertain
+    tokens), off by default: 0 values every line boundary (paper)."""
     train_rollouts: float = Field(0.0, ge=0, le=1)
     """The share of the MC rollouts also trained on, as episodes of their own: the rollout's tokens (its state's
     are the prompt) with advantage R_j - b_j, b_j the mean reward of the state's other children (its other

@@ -95,6 +95,20 @@ def split_steps(token_texts: Sequence[str]) -> list[int]:
     return starts
 
 
+def merge_unsurprising_steps(starts: Sequence[int], logprobs: Sequence[float], min_surprisal: float) -> list[int]:
+    """The step starts left when a boundary is kept only once the tokens since the last kept one hold at least
+    `min_surprisal` nats of surprisal (minus the sum of their sampled log-probs); the steps in between merge into
+    one. The first start is always kept, and `min_surprisal` 0 keeps them all. Whether a boundary is kept reads
+    only the tokens before it, which keeps VinePPO's advantages unbiased (vineppo.credit.vine)."""
+    if min_surprisal <= 0:
+        return list(starts)
+    kept = [starts[0]]
+    for start in starts[1:]:
+        if -sum(logprobs[kept[-1] : start]) >= min_surprisal:
+            kept.append(start)
+    return kept
+
+
 def estimated_boundaries(num_steps: int, cap: int | None) -> int:
     """How many step boundaries s_0, s_1, ... of a response with `num_steps` steps get a value estimate: all of
     them, or s_0 .. s_cap, cap + 1 of them (the official `max_step_for_value_estimation`, PAPER-NOTES 3.2: 25

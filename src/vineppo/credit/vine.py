@@ -17,8 +17,17 @@ Requests are deduplicated by exact token prefix, so V(s_0) (the bare prompt) is 
 a prompt, as in the official code. Two departures, off by default, take rollouts from the prompt's other samples
 instead (`plan_values`): `root_value` "group" at s_0, `reuse_samples` at every state they pass through;
 `k_allocation` "group_spread" shares the rollouts unevenly among the states (`rollout_shares`);
-`train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`); and
-`skip_agreeing_groups` (biased) drops the prompts whose samples all agree.
+`train_rollouts` trains on a share of the rollouts as episodes of their own (`rollout_episodes`);
+`min_step_surprisal` values a boundary only after enough surprisal since the last one, merging the lines between
+(vineppo.steps.merge_unsurprising_steps); and `skip_agreeing_groups` (biased) drops the prompts whose samples all
+agree.
+
+Why merged steps keep the advantages unbiased: V(s_t) is a martingale along a response (the reward comes at the
+end), and the next valued boundary b after a token t is a stopping time (whether a boundary is valued reads only
+the tokens before it), so E[V(s_b) | s_{t+1}] = V(s_{t+1}) by optional stopping; the last valued boundary at or
+before t, s_a, is a function of s_t. So a token a_t of a merged step has E[A_t | s_t, a_t] = Q(s_t, a_t) - V(s_a),
+Q less a baseline: its policy gradient term keeps its expectation. A rule that read a step's own tokens to decide
+the boundary at its start would not (tests/test_credit.py computes both on the coin toy).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import torch
 from vineppo.engine.base import Engine, SamplingParams
 from vineppo.episodes import Episode, group_by_prompt
 from vineppo.rollout import Rollout, State, rollout
-from vineppo.steps import TokenTexts, estimated_boundaries, split_steps, step_spans
+from vineppo.steps import TokenTexts, estimated_boundaries, merge_unsurprising_steps, split_steps, step_spans
 from vineppo.tasks.base import Task
 
 if TYPE_CHECKING:
@@ -161,7 +170,8 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     (`skip_agreeing_groups`: their advantages 0, as GRPO's); return the rollouts' metrics: the states rolled out,
     the tokens they generated, the share with no parseable answer, the share of the paper's K-per-state rollouts
     not sampled (`value/mc_saved`, of the states of the samples valued), the number trained on
-    (`value/rollouts_trained`) and the share of samples skipped (`value/skipped`)."""
+    (`value/rollouts_trained`), the share of samples skipped (`value/skipped`) and the share of line boundaries
+    after s_0 merged away by `min_step_surprisal` (`value/steps_merged`)."""
     options = ctx.cfg.algo.vineppo
     skipped = agreeing_groups(episodes) if options.skip_agreeing_groups else []
     for episode in skipped:
@@ -172,8 +182,11 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
     episodes[:] = [e for e in episodes if id(e) not in skipped_ids]
     token_texts = TokenTexts(ctx.decode)
     estimated = []
+    lines = merged = 0  # line boundaries after s_0, and those `min_step_surprisal` merged away
     for episode in episodes:
-        starts = split_steps(token_texts(episode.response_ids))
+        line_starts = split_steps(token_texts(episode.response_ids))
+        starts = merge_unsurprising_steps(line_starts, episode.sample_logprobs, options.min_step_surprisal)
+        lines, merged = lines + len(line_starts) - 1, merged + len(line_starts) - len(starts)
         estimated.append(starts[: estimated_boundaries(len(starts), options.max_value_steps)])
         episode.step_starts = starts if options.after_value_cap == "zero" else estimated[-1]
     plan = plan_values(episodes, estimated, options)
@@ -198,6 +211,7 @@ def vine_credit(episodes: list[Episode], ctx: Context) -> dict[str, float]:
         "value/mc_saved": 1 - rolled / max(1, plan.plain_rollouts),
         "value/rollouts_trained": len(trained),
         "value/skipped": len(skipped) / max(1, samples),
+        "value/steps_merged": merged / max(1, lines),
     }
 
 
