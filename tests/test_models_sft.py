@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vineppo.sft import warm_start
@@ -114,6 +115,31 @@ def test_sft_masks_the_prompt_and_lowers_the_loss(tokenizer, task):
     stats = train_sft(model, tokenizer, task.train_problems(), TinySFTConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=3))
     assert stats["final_loss"] < 0.7 * stats["first_loss"]
     assert stats["seconds"] > 0 and stats["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.05, None])
+def test_sft_clips_the_gradient_norm_before_each_step(tokenizer, task, max_grad_norm):
+    """The gradient's global norm at every optimizer step is at most max_grad_norm; unclipped it is above it, so
+    the bound is the clipping's doing."""
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        torch.manual_seed(0)
+        model = build_tiny_model(SMALL_MODEL, tokenizer)
+        sft = TinySFTConfig(steps=3, batch_size=8, warmup_steps=1, max_grad_norm=max_grad_norm)
+        train_sft(model, tokenizer, task.train_problems(), sft)
+    finally:
+        handle.remove()
+    assert len(norms) == 3
+    if max_grad_norm is None:
+        assert min(norms) > 0.05
+    else:
+        assert max(norms) <= max_grad_norm * (1 + 1e-5)
 
 
 def test_ensure_sft_model_caches_and_saves_a_loadable_model(tmp_path, monkeypatch):

@@ -67,7 +67,8 @@ def train_sft(
     cfg: TinySFTConfig,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
-    """Next-token loss on the solution and eos tokens (the prompt is masked), `cfg.steps` AdamW steps.
+    """Next-token loss on the solution and eos tokens (the prompt is masked), `cfg.steps` AdamW steps, the
+    gradient clipped to `cfg.max_grad_norm`.
 
     Batches walk through reshuffled epochs of `problems`, the order drawn from `cfg.seed`. `on_step(step, loss)` is
     called after each step (step counts from 1). Returns the first and final loss (the latter averaged over the
@@ -91,6 +92,8 @@ def train_sft(
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         tokens += int(batch["attention_mask"].sum())
