@@ -105,6 +105,6 @@ def test_group_runs_differ_from_vineppo_only_in_credit(algorithm_runs, name):
     for key in ("train/reward", "tokens/policy", "train/truncated", "train/unparsed"):
         assert first[key] == vine[1][key], key
     assert set(vine[1]) - set(first) == {
-        "value/mc_unparsed", "value/mc_saved", "value/rollouts_trained", "value/skipped"
+        "value/mc_unparsed", "value/mc_saved", "value/rollouts_trained", "value/skipped", "value/steps_merged"
     }
     assert set(first) - set(vine[1]) == {"value/equal_reward_groups"}
