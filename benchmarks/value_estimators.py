@@ -8,10 +8,9 @@ sampling settings) is drawn once. Every estimator (`--variants`, each a comma-se
 keys) values the step boundaries of every sample as the trainer does (vineppo.credit.vine.vine_credit), each with
 its own fresh rollouts; then `--states` of the batch's unique states are drawn at random and rolled out
 `--truth-rollouts` times each for the ground truth; `--batches` such batches, independent. The error is taken
-over every (sample, boundary) at a drawn state that the estimator values (`min_step_surprisal` values fewer; a
-paired difference takes the pairs both value; `skip_agreeing_groups` values no boundary of the samples it
-skips): with sibling reuse the same state has a different estimate for
-each sample (it leaves the sample out).
+over every (sample, boundary) at a drawn state that the estimator values (`min_step_surprisal` values fewer,
+`skip_agreeing_groups` none of the samples it skips; a paired difference takes the pairs both value): with
+sibling reuse the same state has a different estimate for each sample (it leaves the sample out).
 
     python benchmarks/value_estimators.py --config configs/forks.yaml [--states 128] [--truth-rollouts 256]
         [--variants k=9 k=3 k=3,reuse_samples=true ...] [overrides...]
@@ -142,8 +141,10 @@ def main() -> None:
               f"{cost['seconds']:.1f} | {interval(list(errors[variant].values()))} | {paired} |")
     print(json.dumps({
         "batches": args.batches, **{k: v for k, v in counts.items() if k != "truth_sum"},
-        "estimators": {v: {**costs[v], "pairs": len(errors[v]), "mae": mean_interval(list(errors[v].values())).as_dict()}
-                       for v in args.variants},
+        "estimators": {
+            v: {**costs[v], "pairs": len(errors[v]), "mae": mean_interval(list(errors[v].values())).as_dict()}
+            for v in args.variants
+        },
         "seconds": time.perf_counter() - started,
     }))
 
